@@ -1,0 +1,275 @@
+//! The validated EndpointSlice.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::validate::{Ctx, MAX_LABEL, MAX_SUBDOMAIN};
+use super::{
+    IpFamily, LABEL_SERVICE_NAME, ObjectKind, Problem, Protocol, ServiceName, ValidationError, api,
+};
+
+/// Most endpoints the API allows in one slice.
+pub const MAX_ENDPOINTS: usize = 1_000;
+/// Most ports the API allows in one slice.
+pub const MAX_PORTS: usize = 100;
+/// Most hints the API allows per endpoint.
+pub const MAX_HINTS: usize = 8;
+
+/// Shares the few distinct node names, zones and hints among all endpoints, so a large
+/// cluster stores each string once.
+#[derive(Debug, Default)]
+pub struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    /// The shared copy of `s`.
+    pub fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(found) = self.0.get(s) {
+            return found.clone();
+        }
+        let new: Arc<str> = Arc::from(s);
+        self.0.insert(new.clone());
+        new
+    }
+}
+
+/// One port of a slice.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SlicePort {
+    /// Name, matched against the service port name (empty = unnamed).
+    pub name: String,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Target port number.
+    pub port: u16,
+}
+
+/// One endpoint of a slice, with its conditions resolved (ready unset = true, serving unset =
+/// ready, terminating unset = false).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointInfo {
+    /// Its address (the first of `addresses`).
+    pub ip: IpAddr,
+    /// `conditions.ready`.
+    pub ready: bool,
+    /// `conditions.serving`.
+    pub serving: bool,
+    /// `conditions.terminating`.
+    pub terminating: bool,
+    /// `nodeName`.
+    pub node_name: Option<Arc<str>>,
+    /// `zone`.
+    pub zone: Option<Arc<str>>,
+    /// `hints.forZones`.
+    pub zone_hints: Box<[Arc<str>]>,
+    /// `hints.forNodes`.
+    pub node_hints: Box<[Arc<str>]>,
+    /// `deprecatedTopology` (node labels for legacy `topologyKeys`), if any.
+    pub deprecated_topology: Option<Arc<BTreeMap<String, String>>>,
+}
+
+/// A validated EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SliceInfo {
+    /// The slice's own name.
+    pub name: String,
+    /// The Service it belongs to (label `kubernetes.io/service-name`).
+    pub service: ServiceName,
+    /// Address family; `None` for FQDN slices, which routing ignores.
+    pub family: Option<IpFamily>,
+    /// Ports with a number.
+    pub ports: Vec<SlicePort>,
+    /// Endpoints.
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+impl SliceInfo {
+    /// Validates a slice as the API shapes it.
+    pub fn from_api(
+        slice: &api::EndpointSlice,
+        interner: &mut Interner,
+    ) -> Result<Self, ValidationError> {
+        let meta = &slice.metadata;
+        let namespace = meta.namespace.as_deref().unwrap_or("default");
+        let name = meta.name.as_deref().unwrap_or_default();
+        let cx = Ctx::new(ObjectKind::EndpointSlice, Some(namespace), Some(name));
+        cx.dns_label("metadata.namespace", namespace)?;
+        cx.dns_subdomain("metadata.name", name)?;
+        let label_field = format!("metadata.labels[{LABEL_SERVICE_NAME}]");
+        let service = meta
+            .labels
+            .get(LABEL_SERVICE_NAME)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| cx.err(&label_field, Problem::Missing))?;
+        cx.dns_label(&label_field, service)?;
+        let family = match slice.address_type.as_deref() {
+            Some("IPv4") => Some(IpFamily::IPv4),
+            Some("IPv6") => Some(IpFamily::IPv6),
+            Some("FQDN") => None,
+            None => return Err(cx.err("addressType", Problem::Missing)),
+            Some(other) => {
+                return Err(cx.err(
+                    "addressType",
+                    Problem::Unsupported {
+                        value: super::validate::truncated(other),
+                        expected: "IPv4, IPv6 or FQDN",
+                    },
+                ));
+            }
+        };
+        let mut info = SliceInfo {
+            name: name.to_string(),
+            service: ServiceName::new(namespace, service.as_str()),
+            family,
+            ports: Vec::new(),
+            endpoints: Vec::new(),
+        };
+        let Some(family) = family else {
+            return Ok(info);
+        };
+
+        cx.max_len("ports", &slice.ports, MAX_PORTS)?;
+        let mut names = BTreeSet::new();
+        for (i, p) in slice.ports.iter().enumerate() {
+            let field = |f: &str| format!("ports[{i}].{f}");
+            let pname = p.name.clone().unwrap_or_default();
+            if !pname.is_empty() {
+                cx.dns_label(&field("name"), &pname)?;
+            }
+            let protocol = cx.protocol(&field("protocol"), p.protocol.as_deref())?;
+            if !names.insert((pname.clone(), protocol)) {
+                return Err(cx.err(field("name"), Problem::Duplicate(pname)));
+            }
+            // A port without a number means "no port" (upstream skips it).
+            let Some(number) = p.port else { continue };
+            let port = cx.port(&field("port"), number)?;
+            info.ports.push(SlicePort {
+                name: pname,
+                protocol,
+                port,
+            });
+        }
+
+        cx.max_len("endpoints", &slice.endpoints, MAX_ENDPOINTS)?;
+        let mut seen = HashSet::with_capacity(slice.endpoints.len());
+        for (i, ep) in slice.endpoints.iter().enumerate() {
+            let field = |f: &str| format!("endpoints[{i}].{f}");
+            let first = ep
+                .addresses
+                .first()
+                .ok_or_else(|| cx.err(field("addresses"), Problem::Missing))?;
+            cx.max_len(&field("addresses"), &ep.addresses, 100)?;
+            let ip = cx.ip_of(&field("addresses[0]"), first, family)?;
+            if !seen.insert(ip) {
+                return Err(cx.err(field("addresses[0]"), Problem::Duplicate(ip.to_string())));
+            }
+            let ready = ep.conditions.ready.unwrap_or(true);
+            let mut intern_opt = |f: &str, v: &Option<String>, max: usize| -> Result<_, ValidationError> {
+                match v.as_deref().filter(|s| !s.is_empty()) {
+                    None => Ok(None),
+                    Some(s) => {
+                        cx.short(&field(f), s, max)?;
+                        Ok(Some(interner.intern(s)))
+                    }
+                }
+            };
+            let node_name = intern_opt("nodeName", &ep.node_name, MAX_SUBDOMAIN)?;
+            let zone = intern_opt("zone", &ep.zone, MAX_SUBDOMAIN)?;
+            let (zone_hints, node_hints) = match &ep.hints {
+                None => (Box::default(), Box::default()),
+                Some(h) => {
+                    cx.max_len(&field("hints.forZones"), &h.for_zones, MAX_HINTS)?;
+                    cx.max_len(&field("hints.forNodes"), &h.for_nodes, MAX_HINTS)?;
+                    let mut intern_all = |f: &str, hints: &[api::NamedHint]| -> Result<Box<[Arc<str>]>, ValidationError> {
+                        hints
+                            .iter()
+                            .map(|h| {
+                                cx.short(&field(f), &h.name, MAX_SUBDOMAIN)?;
+                                Ok(interner.intern(&h.name))
+                            })
+                            .collect()
+                    };
+                    (
+                        intern_all("hints.forZones", &h.for_zones)?,
+                        intern_all("hints.forNodes", &h.for_nodes)?,
+                    )
+                }
+            };
+            let deprecated_topology = if ep.deprecated_topology.is_empty() {
+                None
+            } else {
+                cx.max_len(&field("deprecatedTopology"), &ep.deprecated_topology.iter().collect::<Vec<_>>(), 64)?;
+                for (k, v) in &ep.deprecated_topology {
+                    cx.label_key(&field("deprecatedTopology"), k)?;
+                    cx.short(&field("deprecatedTopology"), v, MAX_LABEL)?;
+                }
+                Some(Arc::new(ep.deprecated_topology.clone()))
+            };
+            info.endpoints.push(EndpointInfo {
+                ip,
+                ready,
+                serving: ep.conditions.serving.unwrap_or(ready),
+                terminating: ep.conditions.terminating.unwrap_or(false),
+                node_name,
+                zone,
+                zone_hints,
+                node_hints,
+                deprecated_topology,
+            });
+        }
+        Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(v: serde_json::Value) -> Result<SliceInfo, ValidationError> {
+        let s: api::EndpointSlice = serde_json::from_value(v).unwrap();
+        SliceInfo::from_api(&s, &mut Interner::default())
+    }
+
+    #[test]
+    fn conditions_default_as_upstream() {
+        let s = slice(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}, {"name": "nonum"}],
+            "endpoints": [
+                {"addresses": ["10.0.0.1"]},
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
+                {"addresses": ["10.0.0.3"], "conditions": {"ready": false, "serving": true, "terminating": true}, "nodeName": "n1", "zone": "z"}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(s.ports.len(), 1);
+        let e = &s.endpoints;
+        assert!(e[0].ready && e[0].serving && !e[0].terminating);
+        assert!(!e[1].ready && !e[1].serving);
+        assert!(!e[2].ready && e[2].serving && e[2].terminating);
+        assert_eq!(e[2].node_name.as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn bad_slices_are_named() {
+        let base = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({
+                "metadata": {"name": "s", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+            });
+            for (k, val) in extra.as_object().unwrap() {
+                v[k] = val.clone();
+            }
+            slice(v).unwrap_err().field
+        };
+        assert_eq!(base(serde_json::json!({"endpoints": [{"addresses": []}]})), "endpoints[0].addresses");
+        assert_eq!(base(serde_json::json!({"endpoints": [{"addresses": ["fd00::1"]}]})), "endpoints[0].addresses[0]");
+        assert_eq!(base(serde_json::json!({"ports": [{"port": 0}]})), "ports[0].port");
+        let unlabelled: api::EndpointSlice = serde_json::from_value(serde_json::json!({"metadata": {"name": "s"}, "addressType": "IPv4"})).unwrap();
+        assert_eq!(
+            SliceInfo::from_api(&unlabelled, &mut Interner::default()).unwrap_err().field,
+            "metadata.labels[kubernetes.io/service-name]"
+        );
+    }
+}
