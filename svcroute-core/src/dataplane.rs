@@ -109,7 +109,9 @@ impl DataplaneError {
     /// How to recover.
     pub fn class(&self) -> ErrorClass {
         match self {
-            DataplaneError::Kernel { retryable: true, .. } => ErrorClass::Retryable,
+            DataplaneError::Kernel {
+                retryable: true, ..
+            } => ErrorClass::Retryable,
             DataplaneError::Kernel { .. } | DataplaneError::OutOfSync { .. } => {
                 ErrorClass::NeedsFullSync
             }
@@ -156,7 +158,11 @@ pub trait Dataplane: Send + Sync {
     fn capabilities(&self) -> Capabilities;
 
     /// Programs `changes` incrementally; `desired` is the full state after them.
-    async fn apply(&mut self, desired: &Desired, changes: &ChangeSet) -> Result<ApplyReport, DataplaneError>;
+    async fn apply(
+        &mut self,
+        desired: &Desired,
+        changes: &ChangeSet,
+    ) -> Result<ApplyReport, DataplaneError>;
 
     /// Programs exactly `desired`, adopting or replacing whatever is there.
     async fn sync_full(&mut self, desired: &Desired) -> Result<ApplyReport, DataplaneError>;

@@ -64,7 +64,10 @@ impl Desired {
             .collect()
     }
 
-    pub(crate) fn insert(&mut self, port: Arc<ResolvedServicePort>) -> Option<Arc<ResolvedServicePort>> {
+    pub(crate) fn insert(
+        &mut self,
+        port: Arc<ResolvedServicePort>,
+    ) -> Option<Arc<ResolvedServicePort>> {
         self.ports.insert(port.name.clone(), port)
     }
 
@@ -102,7 +105,9 @@ impl Change {
         let Some(before) = before else {
             return Vec::new();
         };
-        let now: BTreeSet<&SocketAddr> = after.map(|a| a.all_reachable.iter().collect()).unwrap_or_default();
+        let now: BTreeSet<&SocketAddr> = after
+            .map(|a| a.all_reachable.iter().collect())
+            .unwrap_or_default();
         before
             .all_reachable
             .iter()

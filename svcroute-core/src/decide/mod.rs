@@ -88,7 +88,9 @@ impl FromStr for Packet {
         let (Some(src), Some(dst), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(err("expected two fields"));
         };
-        let source: IpAddr = src.parse().map_err(|_| err("source is not an IP address"))?;
+        let source: IpAddr = src
+            .parse()
+            .map_err(|_| err("source is not an IP address"))?;
         let (destination, port, protocol) = Packet::parse_destination(dst).map_err(err)?;
         let p = Packet {
             source,
@@ -214,7 +216,10 @@ pub fn decide(desired: &Desired, packet: &Packet) -> Decision {
     let matches_port = |p: &ResolvedServicePort| p.name.protocol == packet.protocol;
 
     // 1. Load-balancer source ranges are enforced before DNAT, endpoints or not.
-    for port in desired.ports().filter(|p| matches_port(p) && p.port == packet.port) {
+    for port in desired
+        .ports()
+        .filter(|p| matches_port(p) && p.port == packet.port)
+    {
         if let Some(fam) = port.family(family)
             && let Some(allowed) = &fam.firewall_allowed_sources
             && fam.load_balancer_ips.contains(&dst)
@@ -326,3 +331,6 @@ fn route(
         affinity_timeout_seconds: port.affinity_timeout,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -68,7 +68,11 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_name: Option<String>,
     /// `spec.loadBalancerIP` (deprecated; ignored for routing, only status counts).
-    #[serde(default, rename = "loadBalancerIP", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "loadBalancerIP",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub load_balancer_ip: Option<String>,
     /// `spec.loadBalancerSourceRanges`: CIDRs allowed to reach the LB IPs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -113,7 +113,10 @@ impl ProxyConfig {
 
     /// The primary (first) node IP of a family.
     pub fn primary_ip(&self, family: IpFamily) -> Option<IpAddr> {
-        self.node_ips.iter().copied().find(|ip| IpFamily::of(ip) == family)
+        self.node_ips
+            .iter()
+            .copied()
+            .find(|ip| IpFamily::of(ip) == family)
     }
 
     /// Whether `ip` is one of this node's own addresses (loopback included), i.e. traffic from

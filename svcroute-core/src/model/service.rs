@@ -209,8 +209,16 @@ impl ServiceInfo {
             info.source_ranges = source_ranges(&cx, svc)?;
         }
 
-        info.external_traffic_policy = policy(&cx, "spec.externalTrafficPolicy", &spec.external_traffic_policy)?;
-        info.internal_traffic_policy = policy(&cx, "spec.internalTrafficPolicy", &spec.internal_traffic_policy)?;
+        info.external_traffic_policy = policy(
+            &cx,
+            "spec.externalTrafficPolicy",
+            &spec.external_traffic_policy,
+        )?;
+        info.internal_traffic_policy = policy(
+            &cx,
+            "spec.internalTrafficPolicy",
+            &spec.internal_traffic_policy,
+        )?;
         if let Some(hc) = spec.health_check_node_port.filter(|hc| *hc != 0) {
             let hc = cx.port("spec.healthCheckNodePort", hc)?;
             // Only eTP=Local LoadBalancers are health-checked (the API clears it otherwise).
@@ -345,9 +353,16 @@ fn ports(
             return Err(cx.err(field("name"), Problem::Duplicate(name)));
         }
         let protocol = cx.protocol(&field("protocol"), p.protocol.as_deref())?;
-        let port = cx.port(&field("port"), p.port.ok_or_else(|| cx.err(field("port"), Problem::Missing))?)?;
+        let port = cx.port(
+            &field("port"),
+            p.port
+                .ok_or_else(|| cx.err(field("port"), Problem::Missing))?,
+        )?;
         if !seen.insert((port, protocol)) {
-            return Err(cx.err(field("port"), Problem::Duplicate(format!("{port}/{protocol}"))));
+            return Err(cx.err(
+                field("port"),
+                Problem::Duplicate(format!("{port}/{protocol}")),
+            ));
         }
         let node_port = match p.node_port {
             None | Some(0) => None,
@@ -360,7 +375,10 @@ fn ports(
                 }
                 let np = cx.port(&field("nodePort"), np)?;
                 if !node_ports.insert((np, protocol)) {
-                    return Err(cx.err(field("nodePort"), Problem::Duplicate(format!("{np}/{protocol}"))));
+                    return Err(cx.err(
+                        field("nodePort"),
+                        Problem::Duplicate(format!("{np}/{protocol}")),
+                    ));
                 }
                 Some(np)
             }
@@ -385,7 +403,11 @@ fn source_ranges(cx: &Ctx, svc: &api::Service) -> Result<Vec<IpNet>, ValidationE
         }
     } else if let Some(ann) = svc.metadata.annotations.get(ANNOTATION_SOURCE_RANGES) {
         let field = format!("metadata.annotations[{ANNOTATION_SOURCE_RANGES}]");
-        let parts: Vec<&str> = ann.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let parts: Vec<&str> = ann
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         cx.max_len(&field, &parts, MAX_LIST)?;
         for r in parts {
             out.push(cx.cidr(&field, r)?);
@@ -494,32 +516,80 @@ mod tests {
         }));
         let info = ServiceInfo::from_api(&s).unwrap();
         assert_eq!(info.cluster_ips.len(), 2);
-        assert_eq!(info.load_balancer_ips, vec!["1.2.3.4".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            info.load_balancer_ips,
+            vec!["1.2.3.4".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(info.ports[0].node_port, Some(30080));
         assert_eq!(info.affinity_timeout, Some(DEFAULT_AFFINITY_TIMEOUT));
         assert_eq!(info.external_traffic_policy, TrafficPolicy::Local);
-        assert_eq!(info.cluster_ip(IpFamily::IPv6), Some("fd00::10".parse().unwrap()));
+        assert_eq!(
+            info.cluster_ip(IpFamily::IPv6),
+            Some("fd00::10".parse().unwrap())
+        );
     }
 
     #[test]
     fn headless_and_external_name_are_not_routed() {
         let h = svc(serde_json::json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None"}}));
         assert!(!ServiceInfo::from_api(&h).unwrap().is_routed());
-        let e = svc(serde_json::json!({"metadata": {"name": "e"}, "spec": {"type": "ExternalName", "externalName": "x.example"}}));
+        let e = svc(
+            serde_json::json!({"metadata": {"name": "e"}, "spec": {"type": "ExternalName", "externalName": "x.example"}}),
+        );
         assert!(!ServiceInfo::from_api(&e).unwrap().is_routed());
     }
 
     #[test]
     fn bad_fields_are_named() {
         let base = |spec: serde_json::Value| serde_json::json!({"metadata": {"name": "s", "namespace": "ns"}, "spec": spec});
-        assert_eq!(err_field(base(serde_json::json!({"clusterIP": "10.0.0.300", "ports": [{"port": 80}]}))), "spec.clusterIP");
-        assert_eq!(err_field(base(serde_json::json!({"clusterIP": "10.0.0.1", "ipFamilies": ["IPv6"], "ports": [{"port": 80}]}))), "spec.clusterIP");
-        assert_eq!(err_field(base(serde_json::json!({"clusterIP": "10.0.0.1", "ports": [{"port": 0}]}))), "spec.ports[0].port");
-        assert_eq!(err_field(base(serde_json::json!({"clusterIP": "10.0.0.1", "ports": [{"port": 70000}]}))), "spec.ports[0].port");
-        assert_eq!(err_field(base(serde_json::json!({"clusterIP": "10.0.0.1", "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 80}]}))), "spec.ports[1].port");
-        assert_eq!(err_field(base(serde_json::json!({"clusterIP": "10.0.0.1", "ports": [{"port": 80, "protocol": "ICMP"}]}))), "spec.ports[0].protocol");
-        assert_eq!(err_field(base(serde_json::json!({"clusterIP": "10.0.0.1", "ports": [{"port": 80}], "topologyKeys": ["*", "a"]}))), "spec.topologyKeys[0]");
-        assert_eq!(err_field(base(serde_json::json!({"clusterIP": "10.0.0.1", "ports": [{"port": 80}], "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86401}}}))), "spec.sessionAffinityConfig.clientIP.timeoutSeconds");
+        assert_eq!(
+            err_field(base(
+                serde_json::json!({"clusterIP": "10.0.0.300", "ports": [{"port": 80}]})
+            )),
+            "spec.clusterIP"
+        );
+        assert_eq!(
+            err_field(base(
+                serde_json::json!({"clusterIP": "10.0.0.1", "ipFamilies": ["IPv6"], "ports": [{"port": 80}]})
+            )),
+            "spec.clusterIP"
+        );
+        assert_eq!(
+            err_field(base(
+                serde_json::json!({"clusterIP": "10.0.0.1", "ports": [{"port": 0}]})
+            )),
+            "spec.ports[0].port"
+        );
+        assert_eq!(
+            err_field(base(
+                serde_json::json!({"clusterIP": "10.0.0.1", "ports": [{"port": 70000}]})
+            )),
+            "spec.ports[0].port"
+        );
+        assert_eq!(
+            err_field(base(
+                serde_json::json!({"clusterIP": "10.0.0.1", "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 80}]})
+            )),
+            "spec.ports[1].port"
+        );
+        assert_eq!(
+            err_field(base(
+                serde_json::json!({"clusterIP": "10.0.0.1", "ports": [{"port": 80, "protocol": "ICMP"}]})
+            )),
+            "spec.ports[0].protocol"
+        );
+        assert_eq!(
+            err_field(base(
+                serde_json::json!({"clusterIP": "10.0.0.1", "ports": [{"port": 80}], "topologyKeys": ["*", "a"]})
+            )),
+            "spec.topologyKeys[0]"
+        );
+        assert_eq!(
+            err_field(base(
+                serde_json::json!({"clusterIP": "10.0.0.1", "ports": [{"port": 80}], "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86401}}})
+            )),
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds"
+        );
         let long = "a".repeat(64);
         assert_eq!(ServiceInfo::from_api(&svc(serde_json::json!({"metadata": {"name": long}, "spec": {"clusterIP": "10.0.0.1", "ports": [{"port": 80}]}}))).unwrap_err().field, "metadata.name");
     }

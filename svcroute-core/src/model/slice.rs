@@ -164,15 +164,16 @@ impl SliceInfo {
                 return Err(cx.err(field("addresses[0]"), Problem::Duplicate(ip.to_string())));
             }
             let ready = ep.conditions.ready.unwrap_or(true);
-            let mut intern_opt = |f: &str, v: &Option<String>, max: usize| -> Result<_, ValidationError> {
-                match v.as_deref().filter(|s| !s.is_empty()) {
-                    None => Ok(None),
-                    Some(s) => {
-                        cx.short(&field(f), s, max)?;
-                        Ok(Some(interner.intern(s)))
+            let mut intern_opt =
+                |f: &str, v: &Option<String>, max: usize| -> Result<_, ValidationError> {
+                    match v.as_deref().filter(|s| !s.is_empty()) {
+                        None => Ok(None),
+                        Some(s) => {
+                            cx.short(&field(f), s, max)?;
+                            Ok(Some(interner.intern(s)))
+                        }
                     }
-                }
-            };
+                };
             let node_name = intern_opt("nodeName", &ep.node_name, MAX_SUBDOMAIN)?;
             let zone = intern_opt("zone", &ep.zone, MAX_SUBDOMAIN)?;
             let (zone_hints, node_hints) = match &ep.hints {
@@ -180,15 +181,18 @@ impl SliceInfo {
                 Some(h) => {
                     cx.max_len(&field("hints.forZones"), &h.for_zones, MAX_HINTS)?;
                     cx.max_len(&field("hints.forNodes"), &h.for_nodes, MAX_HINTS)?;
-                    let mut intern_all = |f: &str, hints: &[api::NamedHint]| -> Result<Box<[Arc<str>]>, ValidationError> {
-                        hints
-                            .iter()
-                            .map(|h| {
-                                cx.short(&field(f), &h.name, MAX_SUBDOMAIN)?;
-                                Ok(interner.intern(&h.name))
-                            })
-                            .collect()
-                    };
+                    let mut intern_all =
+                        |f: &str,
+                         hints: &[api::NamedHint]|
+                         -> Result<Box<[Arc<str>]>, ValidationError> {
+                            hints
+                                .iter()
+                                .map(|h| {
+                                    cx.short(&field(f), &h.name, MAX_SUBDOMAIN)?;
+                                    Ok(interner.intern(&h.name))
+                                })
+                                .collect()
+                        };
                     (
                         intern_all("hints.forZones", &h.for_zones)?,
                         intern_all("hints.forNodes", &h.for_nodes)?,
@@ -198,7 +202,11 @@ impl SliceInfo {
             let deprecated_topology = if ep.deprecated_topology.is_empty() {
                 None
             } else {
-                cx.max_len(&field("deprecatedTopology"), &ep.deprecated_topology.iter().collect::<Vec<_>>(), 64)?;
+                cx.max_len(
+                    &field("deprecatedTopology"),
+                    &ep.deprecated_topology.iter().collect::<Vec<_>>(),
+                    64,
+                )?;
                 for (k, v) in &ep.deprecated_topology {
                     cx.label_key(&field("deprecatedTopology"), k)?;
                     cx.short(&field("deprecatedTopology"), v, MAX_LABEL)?;
@@ -263,12 +271,26 @@ mod tests {
             }
             slice(v).unwrap_err().field
         };
-        assert_eq!(base(serde_json::json!({"endpoints": [{"addresses": []}]})), "endpoints[0].addresses");
-        assert_eq!(base(serde_json::json!({"endpoints": [{"addresses": ["fd00::1"]}]})), "endpoints[0].addresses[0]");
-        assert_eq!(base(serde_json::json!({"ports": [{"port": 0}]})), "ports[0].port");
-        let unlabelled: api::EndpointSlice = serde_json::from_value(serde_json::json!({"metadata": {"name": "s"}, "addressType": "IPv4"})).unwrap();
         assert_eq!(
-            SliceInfo::from_api(&unlabelled, &mut Interner::default()).unwrap_err().field,
+            base(serde_json::json!({"endpoints": [{"addresses": []}]})),
+            "endpoints[0].addresses"
+        );
+        assert_eq!(
+            base(serde_json::json!({"endpoints": [{"addresses": ["fd00::1"]}]})),
+            "endpoints[0].addresses[0]"
+        );
+        assert_eq!(
+            base(serde_json::json!({"ports": [{"port": 0}]})),
+            "ports[0].port"
+        );
+        let unlabelled: api::EndpointSlice = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "s"}, "addressType": "IPv4"}),
+        )
+        .unwrap();
+        assert_eq!(
+            SliceInfo::from_api(&unlabelled, &mut Interner::default())
+                .unwrap_err()
+                .field,
             "metadata.labels[kubernetes.io/service-name]"
         );
     }

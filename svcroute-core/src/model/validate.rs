@@ -43,7 +43,12 @@ impl Ctx {
             .map_err(|_| self.err(field, Problem::InvalidIp(truncated(value))))
     }
 
-    pub fn ip_of(&self, field: &str, value: &str, family: IpFamily) -> Result<IpAddr, ValidationError> {
+    pub fn ip_of(
+        &self,
+        field: &str,
+        value: &str,
+        family: IpFamily,
+    ) -> Result<IpAddr, ValidationError> {
         let ip = self.ip(field, value)?;
         if IpFamily::of(&ip) != family {
             return Err(self.err(
@@ -91,7 +96,13 @@ impl Ctx {
 
     pub fn max_len<T>(&self, field: &str, list: &[T], max: usize) -> Result<(), ValidationError> {
         if list.len() > max {
-            return Err(self.err(field, Problem::TooMany { len: list.len(), max }));
+            return Err(self.err(
+                field,
+                Problem::TooMany {
+                    len: list.len(),
+                    max,
+                },
+            ));
         }
         Ok(())
     }
@@ -118,13 +129,20 @@ impl Ctx {
             return Err(self.err(field, Problem::Missing));
         }
         if value.len() > max {
-            return Err(self.err(field, Problem::TooLong { len: value.len(), max }));
+            return Err(self.err(
+                field,
+                Problem::TooLong {
+                    len: value.len(),
+                    max,
+                },
+            ));
         }
         let ok = value.split('.').all(|part| {
             let b = part.as_bytes();
             !b.is_empty()
                 && b.len() <= MAX_LABEL
-                && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
                 && b[0] != b'-'
                 && b[b.len() - 1] != b'-'
         }) && (dots || !value.contains('.'));
@@ -153,7 +171,8 @@ impl Ctx {
         let b = name.as_bytes();
         let ok = !b.is_empty()
             && b.len() <= MAX_LABEL
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric();
         if !ok {
@@ -171,7 +190,13 @@ impl Ctx {
     /// A string no longer than `max`.
     pub fn short(&self, field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
         if value.len() > max {
-            return Err(self.err(field, Problem::TooLong { len: value.len(), max }));
+            return Err(self.err(
+                field,
+                Problem::TooLong {
+                    len: value.len(),
+                    max,
+                },
+            ));
         }
         Ok(())
     }

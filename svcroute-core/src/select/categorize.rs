@@ -95,7 +95,11 @@ enum TopologyMode {
 
 /// Categorises `endpoints` (sorted by address) for one service port. `endpoints` must hold one
 /// entry per `ip:port`.
-pub fn categorize(endpoints: &[Candidate<'_>], policy: &PolicyInput<'_>, node: &NodeContext<'_>) -> Categorized {
+pub fn categorize(
+    endpoints: &[Candidate<'_>],
+    policy: &PolicyInput<'_>,
+    node: &NodeContext<'_>,
+) -> Categorized {
     if endpoints.is_empty() {
         // Upstream: everything nil and false; keep "used but empty" distinct from "unused".
         return Categorized {
@@ -111,8 +115,9 @@ pub fn categorize(endpoints: &[Candidate<'_>], policy: &PolicyInput<'_>, node: &
     let mut mode = TopologyMode::None;
 
     let cluster = if policy.uses_cluster() {
-        let mut list: Vec<SocketAddr> = if !policy.topology_keys.is_empty() {
-            legacy_topology(endpoints, policy.topology_keys, node)
+        let keys = policy.topology_keys;
+        let mut list: Vec<SocketAddr> = if !keys.is_empty() {
+            legacy_topology(endpoints, |c| c.info.ready, keys, node)
         } else {
             mode = topology_mode(endpoints, node);
             endpoints
@@ -122,13 +127,16 @@ pub fn categorize(endpoints: &[Candidate<'_>], policy: &PolicyInput<'_>, node: &
                 .collect()
         };
         if list.is_empty() {
-            // Fall back to serving, terminating endpoints, ignoring topology hints.
-            let fallback: Vec<_> = endpoints.iter().filter(|c| serving_terminating(c)).collect();
-            list = if policy.topology_keys.is_empty() {
-                fallback.iter().map(|c| c.addr).collect()
+            // Fall back to serving, terminating endpoints: ignoring topology hints (upstream),
+            // but still inside the legacy topologyKeys, which are a hard restriction.
+            list = if keys.is_empty() {
+                endpoints
+                    .iter()
+                    .filter(|c| serving_terminating(c))
+                    .map(|c| c.addr)
+                    .collect()
             } else {
-                let copied: Vec<Candidate<'_>> = fallback.into_iter().copied().collect();
-                legacy_topology(&copied, policy.topology_keys, node)
+                legacy_topology(endpoints, serving_terminating, keys, node)
             };
         }
         has_any |= !list.is_empty();
@@ -159,7 +167,11 @@ pub fn categorize(endpoints: &[Candidate<'_>], policy: &PolicyInput<'_>, node: &
         }
     }
     let local: Vec<SocketAddr> = if local_ready {
-        endpoints.iter().filter(|c| is_local(c) && c.info.ready).map(|c| c.addr).collect()
+        endpoints
+            .iter()
+            .filter(|c| is_local(c) && c.info.ready)
+            .map(|c| c.addr)
+            .collect()
     } else if local_serving_terminating {
         endpoints
             .iter()
@@ -173,7 +185,11 @@ pub fn categorize(endpoints: &[Candidate<'_>], policy: &PolicyInput<'_>, node: &
     let all_reachable = match &cluster {
         None => local.clone(),
         // Without a topology filter, ready local endpoints are a subset of the cluster set.
-        Some(cl) if mode == TopologyMode::None && policy.topology_keys.is_empty() && local_ready => cl.clone(),
+        Some(cl)
+            if mode == TopologyMode::None && policy.topology_keys.is_empty() && local_ready =>
+        {
+            cl.clone()
+        }
         Some(cl) => {
             let mut union: Vec<SocketAddr> = cl.iter().chain(local.iter()).copied().collect();
             union.sort();
@@ -228,19 +244,30 @@ fn available_for_topology(c: &Candidate<'_>, mode: TopologyMode, node: &NodeCont
     }
 }
 
-/// Legacy `topologyKeys` (Kubernetes 1.17–1.21): the first key for which some endpoint's node
-/// has this node's value selects those endpoints; `"*"` selects all; no match selects none.
-fn legacy_topology(endpoints: &[Candidate<'_>], keys: &[String], node: &NodeContext<'_>) -> Vec<SocketAddr> {
+/// Legacy `topologyKeys` (Kubernetes 1.17–1.21) over the `usable` endpoints: the first key for
+/// which some usable endpoint's node has this node's value selects those endpoints; `"*"`
+/// selects all usable ones; no match selects none. Unusable endpoints never take part, so a key
+/// matched only by unready endpoints falls through to the next key.
+fn legacy_topology(
+    endpoints: &[Candidate<'_>],
+    usable: impl Fn(&Candidate<'_>) -> bool,
+    keys: &[String],
+    node: &NodeContext<'_>,
+) -> Vec<SocketAddr> {
     for key in keys {
         if key == "*" {
-            return endpoints.iter().map(|c| c.addr).collect();
+            return endpoints
+                .iter()
+                .filter(|c| usable(c))
+                .map(|c| c.addr)
+                .collect();
         }
         let Some(mine) = own_label(node, key) else {
             continue;
         };
         let picked: Vec<SocketAddr> = endpoints
             .iter()
-            .filter(|c| endpoint_label(c.info, key, node).as_deref() == Some(mine))
+            .filter(|c| usable(c) && endpoint_label(c.info, key, node) == Some(mine))
             .map(|c| c.addr)
             .collect();
         if !picked.is_empty() {
@@ -259,23 +286,27 @@ fn own_label<'a>(node: &NodeContext<'a>, key: &str) -> Option<&'a str> {
 
 /// An endpoint's node label: from the Node object if known, else the slice's
 /// `deprecatedTopology`, else what the slice itself says (zone, node name).
-fn endpoint_label(ep: &EndpointInfo, key: &str, node: &NodeContext<'_>) -> Option<String> {
-    if let Some(labels) = ep.node_name.as_deref().and_then(|n| {
+fn endpoint_label<'a>(ep: &'a EndpointInfo, key: &str, node: &NodeContext<'a>) -> Option<&'a str> {
+    let node_labels = ep.node_name.as_deref().and_then(|n| {
         if n == node.name {
             Some(node.labels)
         } else {
             node.nodes.labels_of(n)
         }
-    }) && let Some(v) = labels.get(key)
-    {
-        return Some(v.clone());
+    });
+    if let Some(v) = node_labels.and_then(|l| l.get(key)) {
+        return Some(v.as_str());
     }
-    if let Some(v) = ep.deprecated_topology.as_ref().and_then(|t| t.get(key)) {
-        return Some(v.clone());
+    if let Some(v) = ep.deprecated_topology.as_deref().and_then(|t| t.get(key)) {
+        return Some(v.as_str());
     }
     match key {
-        LABEL_ZONE => ep.zone.as_deref().map(str::to_string),
-        LABEL_HOSTNAME => ep.node_name.as_deref().map(str::to_string),
+        LABEL_ZONE => ep.zone.as_deref(),
+        LABEL_HOSTNAME => ep.node_name.as_deref(),
         _ => None,
     }
 }
+
+#[cfg(test)]
+#[path = "categorize_tests.rs"]
+mod tests;

@@ -194,7 +194,10 @@ fn resolve_family(
 ) -> Option<FamilyRouting> {
     let cluster_ip = svc.cluster_ip(family)?;
     let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
-        ips.iter().copied().filter(|ip| IpFamily::of(ip) == family).collect()
+        ips.iter()
+            .copied()
+            .filter(|ip| IpFamily::of(ip) == family)
+            .collect()
     };
     let external_ips = of_family(&svc.external_ips);
     let load_balancer_ips = of_family(&svc.load_balancer_ips);
@@ -295,3 +298,7 @@ fn merge_endpoints<'a>(
     }
     merged.into_values().collect()
 }
+
+#[cfg(test)]
+#[path = "resolve_tests.rs"]
+mod tests;

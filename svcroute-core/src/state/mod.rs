@@ -104,11 +104,13 @@ impl State {
                 Remove(obj) => s.store.delete_service(obj),
                 Key(obj) => Ok(Touched::Key(store::service_key(obj))),
             }),
-            WatchEvent::EndpointSlice(e) => self.apply_kind(Kind::EndpointSlice, e, |s, ev| match ev {
-                Upsert(obj) => s.store.apply_slice(obj),
-                Remove(obj) => s.store.delete_slice(obj),
-                Key(obj) => Ok(Touched::Key(store::slice_key(obj))),
-            }),
+            WatchEvent::EndpointSlice(e) => {
+                self.apply_kind(Kind::EndpointSlice, e, |s, ev| match ev {
+                    Upsert(obj) => s.store.apply_slice(obj),
+                    Remove(obj) => s.store.delete_slice(obj),
+                    Key(obj) => Ok(Touched::Key(store::slice_key(obj))),
+                })
+            }
             WatchEvent::Node(e) => self.apply_kind(Kind::Node, e, |s, ev| match ev {
                 Upsert(obj) => s.store.apply_node(obj),
                 Remove(obj) => s.store.delete_node(obj),

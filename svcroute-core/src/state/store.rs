@@ -245,7 +245,12 @@ impl Store {
     }
 
     pub fn prune_nodes(&mut self, keep: &HashSet<String>) -> Touched {
-        let gone: Vec<String> = self.nodes.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+        let gone: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
         let mut all = false;
         for name in &gone {
             self.nodes.remove(name);

@@ -15,8 +15,10 @@ fn slice(v: Value) -> api::EndpointSlice {
 }
 
 fn node(name: &str, zone: &str) -> api::Node {
-    serde_json::from_value(json!({"metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}}}))
-        .unwrap()
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}}}),
+    )
+    .unwrap()
 }
 
 fn svc(name: &str, ip: &str, port: u16) -> api::Service {
@@ -67,7 +69,8 @@ fn first_sync_lists_everything_then_nothing() {
     let mut st = state();
     st.apply(Event::Apply(svc("a", "10.96.0.1", 53))).unwrap();
     st.apply(Event::Apply(svc("b", "10.96.0.2", 53))).unwrap();
-    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.1"]))).unwrap();
+    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.1"])))
+        .unwrap();
     let cs = st.take_changes();
     assert_eq!(cs.len(), 2);
     assert_eq!(cs.upserts().count(), 2);
@@ -80,22 +83,32 @@ fn first_sync_lists_everything_then_nothing() {
 fn changed_twice_is_one_change_and_changed_back_is_none() {
     let mut st = state();
     st.apply(Event::Apply(svc("a", "10.96.0.1", 53))).unwrap();
-    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.1"]))).unwrap();
+    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.1"])))
+        .unwrap();
     st.take_changes();
 
-    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.2"]))).unwrap();
-    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.3"]))).unwrap();
+    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.2"])))
+        .unwrap();
+    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.3"])))
+        .unwrap();
     let cs = st.take_changes();
     assert_eq!(cs.len(), 1);
     let change = &cs.changes()[0];
-    let before = change.previous.as_ref().unwrap().family(IpFamily::IPv4).unwrap();
+    let before = change
+        .previous
+        .as_ref()
+        .unwrap()
+        .family(IpFamily::IPv4)
+        .unwrap();
     assert_eq!(before.all_reachable, vec![sa("10.244.1.1:8080")]);
     assert_eq!(endpoints_of(&st, "a"), vec![sa("10.244.1.3:8080")]);
     // UDP endpoints removed: conntrack cleanup needs them.
     assert_eq!(cs.stale_udp_endpoints(IpFamily::IPv4).len(), 1);
 
-    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.9"]))).unwrap();
-    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.3"]))).unwrap();
+    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.9"])))
+        .unwrap();
+    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.3"])))
+        .unwrap();
     assert!(st.take_changes().is_empty(), "changed and changed back");
 
     // A service deleted and re-created identically is no change either.
@@ -108,7 +121,8 @@ fn changed_twice_is_one_change_and_changed_back_is_none() {
 fn bad_update_keeps_previous_version_and_others_unaffected() {
     let mut st = state();
     st.apply(Event::Apply(svc("a", "10.96.0.1", 53))).unwrap();
-    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.1"]))).unwrap();
+    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.1"])))
+        .unwrap();
     st.take_changes();
 
     let mut bad = svc("a", "10.96.0.1", 53);
@@ -131,7 +145,9 @@ fn bad_update_keeps_previous_version_and_others_unaffected() {
 fn conflicting_frontend_is_rejected_until_released() {
     let mut st = state();
     st.apply(Event::Apply(svc("a", "10.96.0.1", 53))).unwrap();
-    let err = st.apply(Event::Apply(svc("b", "10.96.0.1", 53))).unwrap_err();
+    let err = st
+        .apply(Event::Apply(svc("b", "10.96.0.1", 53)))
+        .unwrap_err();
     assert!(matches!(err.problem, Problem::Conflict { .. }), "{err}");
     assert_eq!(err.field, "spec.clusterIPs[0]");
     // Same address on another port is fine.
@@ -148,14 +164,18 @@ fn conflicting_frontend_is_rejected_until_released() {
 fn deletion_carries_what_was_programmed() {
     let mut st = state();
     st.apply(Event::Apply(svc("a", "10.96.0.1", 53))).unwrap();
-    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.1"]))).unwrap();
+    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.1"])))
+        .unwrap();
     st.take_changes();
     st.apply(Event::Delete(svc("a", "10.96.0.1", 53))).unwrap();
     let cs = st.take_changes();
     let removed: Vec<_> = cs.removals().collect();
     assert_eq!(removed.len(), 1);
     assert_eq!(removed[0].name.protocol, Protocol::Udp);
-    assert_eq!(cs.stale_udp_endpoints(IpFamily::IPv4), vec![(removed[0].name.clone(), sa("10.244.1.1:8080"))]);
+    assert_eq!(
+        cs.stale_udp_endpoints(IpFamily::IPv4),
+        vec![(removed[0].name.clone(), sa("10.244.1.1:8080"))]
+    );
     assert!(st.desired().is_empty());
 }
 
@@ -164,13 +184,19 @@ fn slices_merge_and_move_between_services() {
     let mut st = state();
     st.apply(Event::Apply(svc("a", "10.96.0.1", 53))).unwrap();
     st.apply(Event::Apply(svc("b", "10.96.0.2", 53))).unwrap();
-    st.apply(Event::Apply(eps("a", "s1", &["10.244.1.1"]))).unwrap();
-    st.apply(Event::Apply(eps("a", "s2", &["10.244.1.2", "10.244.1.1"]))).unwrap();
+    st.apply(Event::Apply(eps("a", "s1", &["10.244.1.1"])))
+        .unwrap();
+    st.apply(Event::Apply(eps("a", "s2", &["10.244.1.2", "10.244.1.1"])))
+        .unwrap();
     st.take_changes();
-    assert_eq!(endpoints_of(&st, "a"), vec![sa("10.244.1.1:8080"), sa("10.244.1.2:8080")]);
+    assert_eq!(
+        endpoints_of(&st, "a"),
+        vec![sa("10.244.1.1:8080"), sa("10.244.1.2:8080")]
+    );
 
     // s2 now claims to belong to b.
-    st.apply(Event::Apply(eps("b", "s2", &["10.244.1.2"]))).unwrap();
+    st.apply(Event::Apply(eps("b", "s2", &["10.244.1.2"])))
+        .unwrap();
     let cs = st.take_changes();
     assert_eq!(cs.len(), 2);
     assert_eq!(endpoints_of(&st, "a"), vec![sa("10.244.1.1:8080")]);
@@ -180,10 +206,19 @@ fn slices_merge_and_move_between_services() {
 #[test]
 fn relist_prunes_objects_not_listed_again() {
     let mut st = state();
-    for e in [Event::Init, Event::InitApply(svc("a", "10.96.0.1", 53)), Event::InitApply(svc("b", "10.96.0.2", 53)), Event::InitDone] {
+    for e in [
+        Event::Init,
+        Event::InitApply(svc("a", "10.96.0.1", 53)),
+        Event::InitApply(svc("b", "10.96.0.2", 53)),
+        Event::InitDone,
+    ] {
         st.apply(e).unwrap();
     }
-    for e in [Event::Init, Event::InitApply(eps("a", "a-1", &["10.244.1.1"])), Event::InitDone] {
+    for e in [
+        Event::Init,
+        Event::InitApply(eps("a", "a-1", &["10.244.1.1"])),
+        Event::InitDone,
+    ] {
         st.apply(e).unwrap();
     }
     assert!(st.is_initialized());
@@ -209,9 +244,10 @@ fn other_proxy_and_headless_slices_are_ignored() {
     let mut mine = svc("a", "10.96.0.1", 53);
     st.apply(Event::Apply(mine.clone())).unwrap();
     st.take_changes();
-    mine.metadata
-        .labels
-        .insert(crate::model::LABEL_SERVICE_PROXY_NAME.into(), "other".into());
+    mine.metadata.labels.insert(
+        crate::model::LABEL_SERVICE_PROXY_NAME.into(),
+        "other".into(),
+    );
     st.apply(Event::Apply(mine)).unwrap();
     assert_eq!(st.take_changes().removals().count(), 1);
 
@@ -244,14 +280,26 @@ fn own_node_zone_change_re_resolves_hinted_services() {
     .unwrap();
     st.take_changes();
     assert_eq!(
-        st.desired().ports().next().unwrap().family(IpFamily::IPv4).unwrap().cluster(),
+        st.desired()
+            .ports()
+            .next()
+            .unwrap()
+            .family(IpFamily::IPv4)
+            .unwrap()
+            .cluster(),
         [sa("10.244.1.1:8080")]
     );
     st.apply(Event::Apply(node("n1", "z2"))).unwrap();
     let cs = st.take_changes();
     assert_eq!(cs.len(), 1, "only the hinted service changes");
     assert_eq!(
-        st.desired().ports().next().unwrap().family(IpFamily::IPv4).unwrap().cluster(),
+        st.desired()
+            .ports()
+            .next()
+            .unwrap()
+            .family(IpFamily::IPv4)
+            .unwrap()
+            .cluster(),
         [sa("10.244.2.1:8080")]
     );
     // Another node's labels do not matter without topologyKeys.
@@ -283,7 +331,8 @@ fn decisions_follow_the_state() {
     st.take_changes();
     let p: Packet = "10.244.3.3 10.96.0.1:53/udp".parse().unwrap();
     assert_eq!(decide(st.desired(), &p).verdict, Verdict::Reject);
-    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.1", "10.244.1.2"]))).unwrap();
+    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.1", "10.244.1.2"])))
+        .unwrap();
     st.take_changes();
     let d = decide(st.desired(), &p);
     let Verdict::Dnat(eps) = &d.verdict else {
@@ -294,5 +343,9 @@ fn decisions_follow_the_state() {
     let from_node: Packet = "192.168.1.1 10.96.0.1:53/udp".parse().unwrap();
     assert!(decide(st.desired(), &from_node).masquerade);
     let wrong_proto: Packet = "10.244.3.3 10.96.0.1:53/tcp".parse().unwrap();
-    assert_eq!(decide(st.desired(), &wrong_proto).verdict, Verdict::Reject, "undefined port on a ClusterIP");
+    assert_eq!(
+        decide(st.desired(), &wrong_proto).verdict,
+        Verdict::Reject,
+        "undefined port on a ClusterIP"
+    );
 }

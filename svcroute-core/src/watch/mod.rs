@@ -35,6 +35,8 @@ impl<K> Event<K> {
 }
 
 /// An event of any kind svcroute watches.
+// Events are built and consumed once, so boxing the larger variants would only add allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
     /// A Service event.

@@ -1,0 +1,199 @@
+//! Memory per endpoint of a built [`svcroute_core::State`] (see `BENCHMARKS.md`).
+//!
+//! A counting `#[global_allocator]` would need an `unsafe impl GlobalAlloc`, which the
+//! workspace's `unsafe_code = "forbid"` rules out (an `allow` cannot lift a `forbid`). So this
+//! measures the process's anonymous resident memory (`RssAnon` in `/proc/self/status`) before
+//! and after building the state, each workload in a fresh child process so nothing freed by
+//! one run is counted by the next. Objects are generated and applied one at a time and changes
+//! are taken every 256 Services, so the input objects and change sets are dropped as they go
+//! and their memory is reused: what remains is the state, plus the allocator's own overhead
+//! (chunk headers, alignment, free space) — what the memory really costs.
+//!
+//! - `cargo bench -p svcroute-core --bench memory`: the 10,000×10 and 5,000×50 workloads
+//!   (and, for reference, 100×10 and 1,000×10).
+//! - Without `--bench` (as `cargo test --benches` runs it): a quick check on 100×10.
+//! - `memory --child <id>`: measures one workload in this process and prints one line.
+//! - `memory --leak <id>`: builds one workload and leaks the state, for an exact heap count
+//!   under `valgrind --leak-check=full` or `heaptrack` (the leaked bytes are the state's).
+
+// Each bench binary uses only part of the shared generator.
+#[allow(dead_code)]
+mod common;
+
+use std::process::{Command, ExitCode};
+
+use common::{WORKLOADS, Workload};
+
+/// Target from the issue: bytes of memory per endpoint.
+const TARGET_BYTES_PER_ENDPOINT: f64 = 300.0;
+
+/// One workload's measurement.
+struct Report {
+    workload: Workload,
+    rss_delta: u64,
+    endpoints: usize,
+    service_ports: usize,
+}
+
+impl Report {
+    fn per_endpoint(&self) -> f64 {
+        self.rss_delta as f64 / self.endpoints as f64
+    }
+
+    /// `id rss_delta endpoints service_ports`, as a child prints it.
+    fn line(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.workload.id(),
+            self.rss_delta,
+            self.endpoints,
+            self.service_ports
+        )
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let mut it = line.split_whitespace();
+        let workload = find(it.next()?)?;
+        Some(Report {
+            workload,
+            rss_delta: it.next()?.parse().ok()?,
+            endpoints: it.next()?.parse().ok()?,
+            service_ports: it.next()?.parse().ok()?,
+        })
+    }
+}
+
+/// The workload named `id` (e.g. `10000x10`).
+fn find(id: &str) -> Option<Workload> {
+    WORKLOADS.into_iter().find(|w| w.id() == id)
+}
+
+/// Anonymous resident memory of this process, in bytes.
+fn rss_anon() -> Result<u64, String> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("/proc/self/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| "no RssAnon in /proc/self/status".to_string())
+}
+
+/// Builds `w` in this process and measures it.
+fn measure(w: Workload) -> Result<Report, String> {
+    // Warm the allocator and lazily initialised runtime state outside the measurement.
+    drop(Workload::new(10, 10).build_state());
+    let before = rss_anon()?;
+    let state = w.build_state();
+    let after = rss_anon()?;
+    let stats = state.stats();
+    let report = Report {
+        workload: w,
+        rss_delta: after.saturating_sub(before),
+        endpoints: stats.endpoints,
+        service_ports: stats.service_ports,
+    };
+    drop(state);
+    Ok(report)
+}
+
+/// Measures `w` in a fresh child process.
+fn measure_in_child(w: Workload) -> Result<Report, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let out = Command::new(exe)
+        .args(["--child", &w.id()])
+        .output()
+        .map_err(|e| format!("spawning the {} child: {e}", w.id()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "{} child failed ({}): {}{}",
+            w.id(),
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Report::parse(stdout.trim())
+        .ok_or_else(|| format!("{}: unreadable child output {stdout:?}", w.id()))
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let workload_arg = |i: usize| -> Result<Workload, String> {
+        let id = args.get(i).ok_or("missing workload id")?;
+        find(id).ok_or_else(|| format!("unknown workload {id}"))
+    };
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        println!("{}", measure(workload_arg(i + 1)?)?.line());
+        return Ok(());
+    }
+    if let Some(i) = args.iter().position(|a| a == "--leak") {
+        let state = workload_arg(i + 1)?.build_state();
+        println!("{:?}", state.stats());
+        std::mem::forget(state);
+        return Ok(());
+    }
+    let full = args.iter().any(|a| a == "--bench");
+    let workloads: Vec<Workload> = if full {
+        WORKLOADS.to_vec()
+    } else {
+        vec![WORKLOADS[0]]
+    };
+    println!(
+        "{:<10} {:>10} {:>14} {:>14} {:>11} {:>8}",
+        "workload", "endpoints", "service ports", "RssAnon delta", "B/endpoint", "target"
+    );
+    let mut missed = Vec::new();
+    for w in workloads {
+        let r = measure_in_child(w)?;
+        if r.endpoints != w.endpoint_count() || r.service_ports != w.services {
+            return Err(format!(
+                "{}: state holds {} endpoints and {} service ports, expected {} and {}",
+                w.id(),
+                r.endpoints,
+                r.service_ports,
+                w.endpoint_count(),
+                w.services
+            ));
+        }
+        // Only the large workloads are held to the target; small ones are dominated by the
+        // page granularity of the measurement.
+        let judged = w.endpoint_count() >= 100_000;
+        let verdict = match (judged, r.per_endpoint() <= TARGET_BYTES_PER_ENDPOINT) {
+            (false, _) => "-",
+            (true, true) => "pass",
+            (true, false) => {
+                missed.push(w.id());
+                "MISS"
+            }
+        };
+        println!(
+            "{:<10} {:>10} {:>14} {:>14} {:>11.1} {:>8}",
+            w.id(),
+            r.endpoints,
+            r.service_ports,
+            r.rss_delta,
+            r.per_endpoint(),
+            verdict
+        );
+    }
+    if !missed.is_empty() {
+        println!(
+            "target of {TARGET_BYTES_PER_ENDPOINT} B/endpoint missed by: {}",
+            missed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("memory: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
