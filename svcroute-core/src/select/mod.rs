@@ -75,6 +75,9 @@ pub struct FamilyRouting {
     pub all_reachable: Vec<SocketAddr>,
     /// Whether any usable endpoint exists.
     pub has_any_endpoints: bool,
+    /// Ready endpoints on this node: what the eTP=Local health check reports (200 when above
+    /// zero, else 503, so a load balancer drains a node holding only terminating pods).
+    pub local_ready_endpoints: usize,
 }
 
 impl FamilyRouting {
@@ -206,6 +209,12 @@ fn resolve_family(
     let firewall_allowed_sources = firewall(svc, family, &load_balancer_ips, cx.config);
 
     let candidates = merge_endpoints(port, slices, family);
+    let local_ready_endpoints = candidates
+        .iter()
+        .filter(|c| {
+            c.info.ready && c.info.node_name.as_deref() == Some(cx.config.node_name.as_str())
+        })
+        .count();
     let policy = PolicyInput {
         internal: svc.internal_traffic_policy,
         external: svc.external_traffic_policy,
@@ -234,6 +243,7 @@ fn resolve_family(
         local_endpoints: local,
         all_reachable,
         has_any_endpoints: has_any,
+        local_ready_endpoints,
     })
 }
 

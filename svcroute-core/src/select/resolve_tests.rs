@@ -511,3 +511,26 @@ fn service_without_slices_has_no_endpoints() {
     assert_eq!(names, vec!["ns/web:http", "ns/web:https"]);
     assert_eq!(got[1].port, 443);
 }
+
+#[test]
+fn local_ready_count_ignores_remote_and_terminating_endpoints() {
+    let config = ProxyConfig {
+        node_name: "here".into(),
+        ..ProxyConfig::default()
+    };
+    let s = http_slice(
+        "web-1",
+        "IPv4",
+        json!([
+            {"addresses": ["10.0.0.1"], "nodeName": "here"},
+            {"addresses": ["10.0.0.2"], "nodeName": "here",
+             "conditions": {"ready": false, "serving": true, "terminating": true}},
+            {"addresses": ["10.0.0.3"], "nodeName": "remote"}
+        ]),
+    );
+    let ports = resolve_with(&web_v4(), &[&s], &config);
+    assert_eq!(ports[0].families[0].local_ready_endpoints, 1);
+    let only_terminating = http_slice("web-1", "IPv4", json!([terminating("10.0.0.2")]));
+    let ports = resolve_with(&web_v4(), &[&only_terminating], &config);
+    assert_eq!(ports[0].families[0].local_ready_endpoints, 0);
+}
