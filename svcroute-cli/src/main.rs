@@ -1,1 +1,162 @@
-fn main() {}
+//! `svcroute`: plan and trace Kubernetes Service routing for one node, from objects as
+//! `kubectl get -o yaml|json` prints them.
+//!
+//! ```text
+//! svcroute --config examples/node.yaml plan -f examples/cluster.yaml
+//! svcroute --config examples/node.yaml trace -f examples/cluster.yaml --from 10.244.1.5 --to 10.96.0.100:80
+//! svcroute --config examples/node.yaml trace -f examples/cluster.yaml --packets examples/packets.txt -o json
+//! ```
+//!
+//! Flow: [`args`] (command line) → [`settings`] (flags + `--config` → `ProxyConfig`) →
+//! [`input`] (files → API objects) → [`cluster`] (objects → core `State`) → [`plan`] or
+//! [`trace`] (through a [`backend`]) → stdout; warnings and rejected objects go to stderr.
+
+mod args;
+mod backend;
+mod cluster;
+mod error;
+mod input;
+mod output;
+mod plan;
+mod settings;
+mod trace;
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+use svcroute_core::{Desired, Packet};
+
+use args::{Cli, Command, OutputFormat, TraceArgs};
+use error::{CliError, EXIT_PROBLEMS};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Runs the command; returns the exit status.
+fn run(cli: &Cli) -> Result<u8, CliError> {
+    let global = &cli.global;
+    let config = settings::resolve(&global.node)?;
+    if global.files.is_empty() {
+        return Err(CliError::Usage(
+            "no input: give objects with -f FILE (a directory, or - for stdin)".into(),
+        ));
+    }
+    if let Command::Trace(TraceArgs {
+        packets: Some(p), ..
+    }) = &cli.command
+        && p.as_os_str() == "-"
+        && global.files.iter().any(|f| f.as_os_str() == "-")
+    {
+        return Err(CliError::Usage(
+            "stdin cannot hold both objects (-f -) and packets (--packets -)".into(),
+        ));
+    }
+    let loaded = input::load(&global.files)?;
+    let cluster = cluster::build(config, loaded, &mut io::stderr())?;
+    let desired = cluster.state.desired();
+
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut status = 0;
+    match &cli.command {
+        Command::Plan => {
+            let entries = plan::plan(desired);
+            match global.output {
+                OutputFormat::Json => output::write_json_pretty(&mut out, &entries)?,
+                OutputFormat::Text => plan::write_text(&mut out, desired.config(), &entries)?,
+            }
+        }
+        Command::Trace(args) => {
+            status = run_trace(&mut out, global.output, desired, args)?;
+        }
+    }
+    out.flush()?;
+    if global.strict && cluster.rejected > 0 {
+        let _ = writeln!(
+            io::stderr(),
+            "error: {} object(s) rejected (--strict)",
+            cluster.rejected
+        );
+        status = EXIT_PROBLEMS;
+    }
+    Ok(status)
+}
+
+/// `svcroute trace`; returns the exit status.
+fn run_trace(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    desired: &Desired,
+    args: &TraceArgs,
+) -> Result<u8, CliError> {
+    let backends = args
+        .backend
+        .kinds()
+        .into_iter()
+        .map(|kind| backend::open(kind, desired))
+        .collect::<Result<Vec<_>, _>>()?;
+    let run = trace::TraceRun {
+        format,
+        desired,
+        backends: &backends,
+        compare: args.backend == backend::BackendChoice::All,
+    };
+    let mut summary = trace::TraceSummary::default();
+    let mut bad_lines = 0;
+    match (&args.packets, &args.from, &args.to) {
+        (Some(path), _, _) => {
+            let name = input::display_name(path);
+            let read_err = |source| CliError::Read {
+                path: name.clone(),
+                source,
+            };
+            let mut reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+                Box::new(io::stdin().lock())
+            } else {
+                Box::new(BufReader::new(File::open(path).map_err(read_err)?))
+            };
+            trace::for_each_line(&mut reader, &name, |line, text| {
+                match text.parse::<Packet>() {
+                    Ok(packet) => trace::trace_one(out, &run, &packet, &mut summary)?,
+                    Err(e) => {
+                        bad_lines += 1;
+                        let _ = writeln!(io::stderr(), "error: {name}:{line}: {e}");
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        (None, Some(from), Some(to)) => {
+            let packet: Packet = format!("{from} {to}")
+                .parse()
+                .map_err(|e| CliError::Usage(format!("{e}")))?;
+            trace::trace_one(out, &run, &packet, &mut summary)?;
+        }
+        _ => {
+            return Err(CliError::Usage(
+                "give --from SRC --to DST:PORT, or --packets FILE".into(),
+            ));
+        }
+    }
+    if summary.disagreements > 0 {
+        let _ = writeln!(
+            io::stderr(),
+            "error: backends disagree on {} of {} packet(s)",
+            summary.disagreements,
+            summary.packets
+        );
+    }
+    let problems = summary.errors + summary.disagreements + bad_lines;
+    Ok(if problems > 0 { EXIT_PROBLEMS } else { 0 })
+}

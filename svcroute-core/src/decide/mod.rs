@@ -14,6 +14,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::change::Desired;
@@ -205,76 +206,144 @@ enum Path {
     External,
 }
 
-/// The reference decision for `packet` under `desired`.
-pub fn decide(desired: &Desired, packet: &Packet) -> Decision {
+/// Which kind of frontend a packet was addressed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FrontendKind {
+    /// A ClusterIP (internal traffic policy).
+    ClusterIP,
+    /// An externalIP (external traffic policy).
+    ExternalIP,
+    /// A load-balancer ingress IP (external traffic policy).
+    LoadBalancer,
+    /// A NodePort on an accepted node address (external traffic policy).
+    NodePort,
+}
+
+impl FrontendKind {
+    /// The API-style name: `ClusterIP`, `ExternalIP`, `LoadBalancer`, `NodePort`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrontendKind::ClusterIP => "ClusterIP",
+            FrontendKind::ExternalIP => "ExternalIP",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+            FrontendKind::NodePort => "NodePort",
+        }
+    }
+}
+
+/// What a packet hit, before any endpoint is chosen: the first half of [`decide`], public so
+/// tools can explain a decision without re-deriving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match<'a> {
+    /// A load-balancer IP whose source ranges exclude the source: dropped.
+    Firewalled(&'a ResolvedServicePort),
+    /// A frontend of a service port.
+    Frontend(&'a ResolvedServicePort, FrontendKind),
+    /// A known ClusterIP on a port or protocol it does not serve: rejected.
+    ClusterIpOtherPort(&'a ResolvedServicePort),
+    /// An address inside a service CIDR that no service holds: dropped.
+    ServiceCidr(IpNet),
+    /// A health-check NodePort on a node address: accepted.
+    HealthCheck(&'a ResolvedServicePort),
+    /// Not a service packet.
+    Nothing,
+}
+
+/// Finds what `packet` hits, in the order the module docs give.
+pub fn locate<'a>(desired: &'a Desired, packet: &Packet) -> Match<'a> {
     let config = desired.config();
     let family = IpFamily::of(&packet.destination);
     if packet.is_mixed_family() || !config.handles(family) {
-        return Decision::simple(Verdict::NoMatch);
+        return Match::Nothing;
     }
     let dst = packet.destination;
-    let matches_port = |p: &ResolvedServicePort| p.name.protocol == packet.protocol;
+    let ports = || {
+        desired
+            .ports()
+            .map(|p| &**p)
+            .filter(|p| p.name.protocol == packet.protocol)
+    };
 
     // 1. Load-balancer source ranges are enforced before DNAT, endpoints or not.
-    for port in desired
-        .ports()
-        .filter(|p| matches_port(p) && p.port == packet.port)
-    {
+    for port in ports().filter(|p| p.port == packet.port) {
         if let Some(fam) = port.family(family)
             && let Some(allowed) = &fam.firewall_allowed_sources
             && fam.load_balancer_ips.contains(&dst)
             && !allowed.iter().any(|n| n.contains(&packet.source))
         {
-            return Decision::simple(Verdict::Drop);
+            return Match::Firewalled(port);
         }
     }
 
-    // 2. Service frontends.
+    // 2. Service frontends; NodePorts come last, as KUBE-NODEPORTS is the last rule of
+    //    KUBE-SERVICES.
     let mut node_port_hit = None;
-    for port in desired.ports().filter(|p| matches_port(p)) {
+    for port in ports() {
         let Some(fam) = port.family(family) else {
             continue;
         };
         if port.port == packet.port {
             if fam.cluster_ip == dst {
-                return route(config, port, fam, packet, Path::Internal);
+                return Match::Frontend(port, FrontendKind::ClusterIP);
             }
-            if fam.external_ips.contains(&dst) || fam.load_balancer_ips.contains(&dst) {
-                return route(config, port, fam, packet, Path::External);
+            if fam.external_ips.contains(&dst) {
+                return Match::Frontend(port, FrontendKind::ExternalIP);
+            }
+            if fam.load_balancer_ips.contains(&dst) {
+                return Match::Frontend(port, FrontendKind::LoadBalancer);
             }
         }
         if port.node_port == Some(packet.port) && node_port_hit.is_none() {
-            node_port_hit = Some((port, fam));
+            node_port_hit = Some(port);
         }
     }
-    // NodePorts come last, as KUBE-NODEPORTS is the last rule of KUBE-SERVICES.
-    if let Some((port, fam)) = node_port_hit
+    if let Some(port) = node_port_hit
         && config.accepts_nodeport_on(dst)
     {
-        return route(config, port, fam, packet, Path::External);
+        return Match::Frontend(port, FrontendKind::NodePort);
     }
 
     // 3. Known ClusterIP, undefined port: refused. Unallocated service-CIDR address: dropped.
-    if desired
+    if let Some(port) = desired
         .ports()
-        .any(|p| p.family(family).is_some_and(|f| f.cluster_ip == dst))
+        .find(|p| p.family(family).is_some_and(|f| f.cluster_ip == dst))
     {
-        return Decision::simple(Verdict::Reject);
+        return Match::ClusterIpOtherPort(port);
     }
-    if config.service_cidrs.iter().any(|c| c.contains(&dst)) {
-        return Decision::simple(Verdict::Drop);
+    if let Some(net) = config.service_cidrs.iter().find(|c| c.contains(&dst)) {
+        return Match::ServiceCidr(*net);
     }
 
     // 4. Health-check NodePorts are open on node addresses.
     if packet.protocol == Protocol::Tcp
         && config.is_node_address(dst)
-        && desired
+        && let Some(port) = desired
             .ports()
-            .any(|p| p.health_check_node_port == Some(packet.port) && p.family(family).is_some())
+            .find(|p| p.health_check_node_port == Some(packet.port) && p.family(family).is_some())
     {
-        return Decision::simple(Verdict::Accept);
+        return Match::HealthCheck(port);
     }
-    Decision::simple(Verdict::NoMatch)
+    Match::Nothing
+}
+
+/// The reference decision for `packet` under `desired`.
+pub fn decide(desired: &Desired, packet: &Packet) -> Decision {
+    match locate(desired, packet) {
+        Match::Frontend(port, kind) => {
+            let path = match kind {
+                FrontendKind::ClusterIP => Path::Internal,
+                _ => Path::External,
+            };
+            match port.family(IpFamily::of(&packet.destination)) {
+                Some(fam) => route(desired.config(), port, fam, packet, path),
+                None => Decision::simple(Verdict::NoMatch),
+            }
+        }
+        Match::Firewalled(_) | Match::ServiceCidr(_) => Decision::simple(Verdict::Drop),
+        Match::ClusterIpOtherPort(_) => Decision::simple(Verdict::Reject),
+        Match::HealthCheck(_) => Decision::simple(Verdict::Accept),
+        Match::Nothing => Decision::simple(Verdict::NoMatch),
+    }
 }
 
 /// Picks the endpoint set for a packet that hit a frontend of `port`, and its masquerade.

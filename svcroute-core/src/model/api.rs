@@ -7,7 +7,17 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Reads an explicit `null` as the field's default, as the API server does (kubectl prints
+/// `endpoints: null` for an empty EndpointSlice).
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
 
 /// `metadata` of any object.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,10 +30,18 @@ pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// `metadata.labels`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub labels: BTreeMap<String, String>,
     /// `metadata.annotations`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -32,10 +50,10 @@ pub struct ObjectMeta {
 #[serde(rename_all = "camelCase")]
 pub struct Service {
     /// `metadata`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub metadata: ObjectMeta,
     /// `spec`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub spec: ServiceSpec,
     /// `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,16 +71,34 @@ pub struct ServiceSpec {
     #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
     pub cluster_ip: Option<String>,
     /// `spec.clusterIPs`: one address per family; the first equals `clusterIP`.
-    #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        rename = "clusterIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub cluster_ips: Vec<String>,
     /// `spec.ipFamilies`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub ip_families: Vec<String>,
     /// `spec.ports`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub ports: Vec<ServicePort>,
     /// `spec.externalIPs`.
-    #[serde(default, rename = "externalIPs", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        rename = "externalIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub external_ips: Vec<String>,
     /// `spec.externalName` (ExternalName services only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,7 +111,11 @@ pub struct ServiceSpec {
     )]
     pub load_balancer_ip: Option<String>,
     /// `spec.loadBalancerSourceRanges`: CIDRs allowed to reach the LB IPs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub load_balancer_source_ranges: Vec<String>,
     /// `spec.externalTrafficPolicy`: Cluster (default) or Local.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,7 +133,11 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity_config: Option<SessionAffinityConfig>,
     /// `spec.topologyKeys` (Kubernetes 1.17–1.21, still used by edge routers).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub topology_keys: Vec<String>,
     /// `spec.trafficDistribution`: PreferClose, PreferSameZone or PreferSameNode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,7 +215,11 @@ pub struct ServiceStatus {
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancerStatus {
     /// `status.loadBalancer.ingress`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub ingress: Vec<LoadBalancerIngress>,
 }
 
@@ -195,16 +243,24 @@ pub struct LoadBalancerIngress {
 #[serde(rename_all = "camelCase")]
 pub struct EndpointSlice {
     /// `metadata`; the label `kubernetes.io/service-name` names the owning service.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub metadata: ObjectMeta,
     /// `addressType`: IPv4, IPv6 or FQDN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address_type: Option<String>,
     /// `endpoints`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub endpoints: Vec<Endpoint>,
     /// `ports`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub ports: Vec<EndpointPort>,
 }
 
@@ -213,10 +269,14 @@ pub struct EndpointSlice {
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     /// `addresses`: only the first is used, as upstream does.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub addresses: Vec<String>,
     /// `conditions`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub conditions: EndpointConditions,
     /// `nodeName`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -228,7 +288,11 @@ pub struct Endpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hints: Option<EndpointHints>,
     /// `deprecatedTopology`: node labels, used by legacy `topologyKeys`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub deprecated_topology: BTreeMap<String, String>,
     /// `hostname` (informational).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,10 +320,18 @@ pub struct EndpointConditions {
 #[serde(rename_all = "camelCase")]
 pub struct EndpointHints {
     /// `forZones`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub for_zones: Vec<NamedHint>,
     /// `forNodes` (PreferSameNode).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub for_nodes: Vec<NamedHint>,
 }
 
@@ -267,7 +339,7 @@ pub struct EndpointHints {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamedHint {
     /// The zone or node name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub name: String,
 }
 
@@ -294,6 +366,32 @@ pub struct EndpointPort {
 #[serde(rename_all = "camelCase")]
 pub struct Node {
     /// `metadata`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub metadata: ObjectMeta,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_nulls_read_as_absent() {
+        let s: EndpointSlice = serde_json::from_str(
+            r#"{"metadata": {"name": "s", "labels": null}, "addressType": "IPv4",
+                "endpoints": null, "ports": null}"#,
+        )
+        .unwrap();
+        assert!(s.endpoints.is_empty() && s.ports.is_empty());
+        let svc: Service = serde_json::from_str(
+            r#"{"metadata": null, "spec": {"ports": [{"port": 80}], "externalIPs": null,
+                "sessionAffinityConfig": null}, "status": null}"#,
+        )
+        .unwrap();
+        assert_eq!(svc.spec.ports.len(), 1);
+        let ep: Endpoint = serde_json::from_str(
+            r#"{"addresses": ["10.0.0.1"], "conditions": null, "hints": null}"#,
+        )
+        .unwrap();
+        assert_eq!(ep.conditions, EndpointConditions::default());
+    }
 }

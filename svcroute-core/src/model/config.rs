@@ -161,8 +161,101 @@ impl ProxyConfig {
         }
     }
 
+    /// The addresses of `family` that accept NodePort traffic: the permitted node IPs, plus
+    /// 127.0.0.1 when localhost NodePorts are on.
+    pub fn nodeport_addresses(&self, family: IpFamily) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self
+            .node_ips
+            .iter()
+            .copied()
+            .filter(|ip| IpFamily::of(ip) == family && self.accepts_nodeport_on(*ip))
+            .collect();
+        let localhost = IpAddr::from([127, 0, 0, 1]);
+        if family == IpFamily::IPv4
+            && self.accepts_nodeport_on(localhost)
+            && !out.contains(&localhost)
+        {
+            out.push(localhost);
+        }
+        out
+    }
+
     /// This node's zone label (`topology.kubernetes.io/zone`), if any.
     pub fn zone(&self) -> Option<&str> {
         self.node_labels.get(super::LABEL_ZONE).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(addresses: NodePortAddresses, localhost: bool) -> ProxyConfig {
+        ProxyConfig {
+            node_ips: vec![
+                "10.0.0.1".parse().unwrap(),
+                "192.168.0.1".parse().unwrap(),
+                "fd00::1".parse().unwrap(),
+            ],
+            nodeport_addresses: addresses,
+            localhost_nodeports: localhost,
+            ..ProxyConfig::default()
+        }
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn nodeport_addresses_follow_the_settings() {
+        let all = config(NodePortAddresses::All, true);
+        assert_eq!(
+            all.nodeport_addresses(IpFamily::IPv4),
+            ips(&["10.0.0.1", "192.168.0.1", "127.0.0.1"])
+        );
+        assert_eq!(all.nodeport_addresses(IpFamily::IPv6), ips(&["fd00::1"]));
+        assert!(
+            !all.accepts_nodeport_on("::1".parse().unwrap()),
+            "never on ::1"
+        );
+        let no_localhost = config(NodePortAddresses::All, false);
+        assert_eq!(
+            no_localhost.nodeport_addresses(IpFamily::IPv4),
+            ips(&["10.0.0.1", "192.168.0.1"])
+        );
+        let primary = config(NodePortAddresses::Primary, true);
+        assert_eq!(
+            primary.nodeport_addresses(IpFamily::IPv4),
+            ips(&["10.0.0.1"])
+        );
+        let cidrs = config(
+            NodePortAddresses::Cidrs(vec![
+                "192.168.0.0/16".parse().unwrap(),
+                "127.0.0.0/8".parse().unwrap(),
+            ]),
+            true,
+        );
+        assert_eq!(
+            cidrs.nodeport_addresses(IpFamily::IPv4),
+            ips(&["192.168.0.1", "127.0.0.1"])
+        );
+        assert!(cidrs.nodeport_addresses(IpFamily::IPv6).is_empty());
+    }
+
+    #[test]
+    fn sources_are_classified() {
+        let mut c = config(NodePortAddresses::All, true);
+        assert!(c.is_node_address("127.0.0.1".parse().unwrap()));
+        assert!(c.is_node_address("fd00::1".parse().unwrap()));
+        assert!(!c.has_local_detector());
+        assert!(!c.is_pod_source("10.244.0.5".parse().unwrap()));
+        c.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
+        assert!(c.is_pod_source("10.244.0.5".parse().unwrap()));
+        assert_eq!(c.masquerade_mark(), 0x4000);
+        assert_eq!(
+            c.primary_ip(IpFamily::IPv6),
+            Some("fd00::1".parse().unwrap())
+        );
     }
 }

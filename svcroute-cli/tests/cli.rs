@@ -1,0 +1,882 @@
+//! End-to-end tests of the `svcroute` binary on the bundled examples and on small inputs.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test on any unexpected error"
+)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+/// The workspace root: the examples' paths are relative to it.
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("svcroute-cli-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn svcroute_with_stdin(args: &[&str], stdin: Option<&str>) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_svcroute"))
+        .args(args)
+        .current_dir(root())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    };
+    assert!(
+        !run.stderr.contains("panicked"),
+        "svcroute panicked: {}",
+        run.stderr
+    );
+    run
+}
+
+fn svcroute(args: &[&str]) -> Run {
+    svcroute_with_stdin(args, None)
+}
+
+const NODE: &str = "examples/node.yaml";
+const CLUSTER: &str = "examples/cluster.yaml";
+const PACKETS: &str = "examples/packets.txt";
+
+/// `plan -o json` on the example with extra arguments; must succeed.
+fn plan_json(extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["--config", NODE, "plan", "-f", CLUSTER, "-o", "json"];
+    args.extend_from_slice(extra);
+    let run = svcroute(&args);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+/// The entry of one service port and family.
+fn entry<'a>(plan: &'a [Value], service: &str, port_name: &str, family: &str) -> &'a Value {
+    plan.iter()
+        .find(|e| {
+            e["service"] == service && e["port_name"] == port_name && e["ip_family"] == family
+        })
+        .unwrap_or_else(|| panic!("no entry {service}:{port_name} {family}"))
+}
+
+fn services(plan: &[Value]) -> Vec<&str> {
+    plan.iter()
+        .map(|e| e["service"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn plan_json_on_the_example() {
+    let run = svcroute(&["--config", NODE, "plan", "-f", CLUSTER, "-o", "json"]);
+    assert_eq!(run.code, 0);
+    assert_eq!(run.stderr, "", "the example loads without warnings");
+    let plan: Vec<Value> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan.len(), 15);
+
+    // The IPv6 StatefulSet service.
+    let web = entry(&plan, "default/web", "http", "IPv6");
+    assert_eq!(web["protocol"], "TCP");
+    assert_eq!(web["port"], 8080);
+    assert_eq!(
+        web["frontends"],
+        json!([{"type": "ClusterIP", "address": "[fd00:10:96::c0a]:8080"}])
+    );
+    assert_eq!(
+        web["cluster_endpoints"],
+        json!(["[fd00:10:244:1::a]:8080", "[fd00:10:244:2::b]:8080"])
+    );
+    assert_eq!(web["local_endpoints"], Value::Null);
+    assert_eq!(web["when_no_endpoint"], Value::Null);
+
+    // Three endpoints and ClientIP affinity.
+    let myapp = entry(&plan, "default/myapp", "", "IPv4");
+    assert_eq!(myapp["cluster_endpoints"].as_array().unwrap().len(), 3);
+    assert_eq!(myapp["affinity_timeout_seconds"], 10800);
+    assert_eq!(
+        entry(&plan, "default/echo", "http", "IPv4")["affinity_timeout_seconds"],
+        Value::Null
+    );
+    assert_eq!(
+        entry(&plan, "default/echo-affinity", "http", "IPv4")["affinity_timeout_seconds"],
+        3600
+    );
+
+    // No endpoints: an empty set in use (not null) and REJECT.
+    let noep = entry(&plan, "default/echo-noep", "http", "IPv4");
+    assert_eq!(noep["cluster_endpoints"], json!([]));
+    assert_eq!(noep["local_endpoints"], Value::Null);
+    assert_eq!(noep["has_any_endpoints"], false);
+    assert_eq!(noep["when_no_endpoint"], "reject");
+
+    // iTP=Local with the only pod elsewhere: DROP.
+    let itl = entry(&plan, "default/echo-internal-local", "http", "IPv4");
+    assert_eq!(itl["cluster_endpoints"], Value::Null);
+    assert_eq!(itl["local_endpoints"], json!([]));
+    assert_eq!(itl["when_no_endpoint"], "drop");
+    assert_eq!(itl["internal_traffic_policy"], "Local");
+
+    // externalIPs.
+    let ext = entry(&plan, "default/echo-externalip", "http", "IPv4");
+    assert!(
+        ext["frontends"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"type": "ExternalIP", "address": "192.168.10.100:80"}))
+    );
+    assert_eq!(ext["externally_accessible"], true);
+
+    // NodePort eTP=Cluster, dual-stack: one entry per family.
+    let np4 = entry(&plan, "default/echo-nodeport", "http", "IPv4");
+    let np6 = entry(&plan, "default/echo-nodeport", "http", "IPv6");
+    assert_eq!(np4["node_port"], 30080);
+    assert!(
+        np4["frontends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["type"] == "NodePort" && f["port"] == 30080)
+    );
+    assert_eq!(
+        np6["cluster_endpoints"],
+        json!(["[fd00:10:244:1::20]:8080", "[fd00:10:244:2::21]:8080"])
+    );
+    assert_eq!(np4["local_endpoints"], Value::Null);
+
+    // NodePort eTP=Local: both sets in use, the local one holds this node's pod.
+    let npl = entry(&plan, "default/echo-nodeport-local", "http", "IPv4");
+    assert_eq!(npl["external_traffic_policy"], "Local");
+    assert_eq!(
+        npl["cluster_endpoints"],
+        json!(["10.244.1.20:8080", "10.244.2.21:8080"])
+    );
+    assert_eq!(npl["local_endpoints"], json!(["10.244.1.20:8080"]));
+    assert_eq!(npl["when_no_endpoint"], Value::Null);
+
+    // LoadBalancer with source ranges (node-1 inside one, so the LB IP is allowed too).
+    let lb = entry(&plan, "default/echo-lb", "http", "IPv4");
+    let fronts = lb["frontends"].as_array().unwrap();
+    assert!(fronts.contains(&json!({
+        "type": "LoadBalancer",
+        "address": "203.0.113.10:80",
+        "allowed_sources": ["192.168.10.0/24", "198.51.100.0/24", "203.0.113.10/32"]
+    })));
+    assert!(fronts.contains(&json!({"type": "HealthCheckNodePort", "port": 32000})));
+
+    // Multi-port, UDP.
+    assert_eq!(
+        entry(&plan, "kube-system/kube-dns", "dns", "IPv4")["protocol"],
+        "UDP"
+    );
+
+    // Headless and ExternalName get no rules.
+    let names = services(&plan);
+    assert!(!names.contains(&"default/echo-headless"));
+    assert!(!names.contains(&"default/echo-external"));
+}
+
+#[test]
+fn plan_text_on_the_example() {
+    let run = svcroute(&["--config", NODE, "plan", "-f", CLUSTER]);
+    assert_eq!(run.code, 0);
+    let first = run.stdout.lines().next().unwrap();
+    assert_eq!(
+        first,
+        "node node-1 (192.168.10.11, fd00:192:168:10::11): 15 service port entries"
+    );
+    assert!(run.stdout.contains(
+        "default/web:http  8080/TCP  IPv6\n  ClusterIP           [fd00:10:96::c0a]:8080\n"
+    ));
+    assert!(run.stdout.contains("REJECT"));
+    assert!(run.stdout.contains("DROP"));
+}
+
+#[test]
+fn global_options_work_before_and_after_the_subcommand() {
+    let before = svcroute(&["--config", NODE, "-f", CLUSTER, "-o", "json", "plan"]);
+    let after = svcroute(&["plan", "-f", CLUSTER, "--config", NODE, "--output", "json"]);
+    assert_eq!(before.code, 0);
+    assert_eq!(before.stdout, after.stdout);
+    let trace_after = svcroute(&[
+        "trace",
+        "--from",
+        "10.244.1.5",
+        "--to",
+        "10.96.100.10:80",
+        "--config",
+        NODE,
+        "-f",
+        CLUSTER,
+    ]);
+    let trace_before = svcroute(&[
+        "--config",
+        NODE,
+        "-f",
+        CLUSTER,
+        "trace",
+        "--from",
+        "10.244.1.5",
+        "--to",
+        "10.96.100.10:80",
+    ]);
+    assert_eq!(trace_after.code, 0);
+    assert_eq!(trace_after.stdout, trace_before.stdout);
+}
+
+#[test]
+fn trace_one_packet_as_json() {
+    let run = svcroute(&[
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--from",
+        "10.244.1.5",
+        "--to",
+        "10.96.100.10:80",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 1);
+    let v: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["packet"], "10.244.1.5 10.96.100.10:80/tcp");
+    assert_eq!(v["verdict"], "dnat");
+    assert_eq!(v["masquerade"], false);
+    assert_eq!(v["affinity_timeout_seconds"], 10800);
+    let eps = v["endpoints"].as_array().unwrap();
+    assert_eq!(eps.len(), 3);
+    for e in eps {
+        assert!((e["probability"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(e["masquerade"], false);
+        assert_eq!(e["port"], 8080);
+    }
+    assert_eq!(eps[0]["ip"], "10.244.1.10");
+    assert_eq!(v["service"], "default/myapp");
+    assert_eq!(v["frontend"], "ClusterIP");
+}
+
+#[test]
+fn trace_one_packet_as_text() {
+    let run = svcroute(&[
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--from",
+        "10.244.1.5",
+        "--to",
+        "10.96.100.10:80/tcp",
+    ]);
+    assert_eq!(run.code, 0);
+    assert_eq!(
+        run.stdout,
+        "10.244.1.5 -> 10.96.100.10:80/tcp: DNAT to 10.244.1.10:8080 (p=0.333), 10.244.2.11:8080 (p=0.333), \
+         10.244.2.12:8080 (p=0.333); masquerade: no; affinity: 10800s (default/myapp via ClusterIP)\n"
+    );
+    // IPv6, from outside the pod CIDRs: masqueraded.
+    let run = svcroute(&[
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--from",
+        "2001:db8::1",
+        "--to",
+        "[fd00:10:96::c0a]:8080",
+    ]);
+    assert!(
+        run.stdout.starts_with(
+            "2001:db8::1 -> [fd00:10:96::c0a]:8080/tcp: DNAT to [fd00:10:244:1::a]:8080 (p=0.500)"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("masquerade: yes"));
+}
+
+#[test]
+fn trace_rejects_bad_packets_on_the_command_line() {
+    let run = svcroute(&[
+        "trace",
+        "-f",
+        CLUSTER,
+        "--from",
+        "10.0.0.1",
+        "--to",
+        "[fd00::1]:80",
+    ]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("different families"), "{}", run.stderr);
+    let run = svcroute(&[
+        "trace",
+        "-f",
+        CLUSTER,
+        "--from",
+        "10.0.0.1",
+        "--to",
+        "10.96.0.1:80/icmp",
+    ]);
+    assert_eq!(run.code, 2);
+    let run = svcroute(&["trace", "-f", CLUSTER, "--from", "10.0.0.1"]);
+    assert_eq!(run.code, 2, "--from needs --to");
+}
+
+/// Packet lines of the example (without comments and blank lines).
+fn example_packets() -> Vec<String> {
+    std::fs::read_to_string(root().join(PACKETS))
+        .unwrap()
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn trace_the_example_packets_as_json() {
+    let run = svcroute(&[
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--packets",
+        PACKETS,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let packets = example_packets();
+    assert_eq!(lines.len(), packets.len());
+    let verdict = |packet: &str| {
+        let normal: svcroute_core::Packet = packet.parse().unwrap();
+        let line = lines
+            .iter()
+            .find(|l| l["packet"] == normal.to_string())
+            .unwrap_or_else(|| panic!("no output for {packet}"));
+        line["verdict"].as_str().unwrap().to_string()
+    };
+    // Every verdict appears.
+    let mut seen: Vec<String> = lines
+        .iter()
+        .map(|l| l["verdict"].as_str().unwrap().to_string())
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["accept", "dnat", "drop", "no-match", "reject"]);
+    assert_eq!(verdict("10.244.1.50 10.96.0.103:80/tcp"), "reject"); // echo-noep
+    assert_eq!(verdict("203.0.113.99 203.0.113.10:80/tcp"), "drop"); // source range
+    assert_eq!(verdict("10.244.1.50 10.96.0.107:80/tcp"), "drop"); // iTP Local elsewhere
+    assert_eq!(verdict("198.51.100.7 192.168.10.11:32000/tcp"), "accept"); // health check
+    // eTP=Local from outside: the local pod only, source kept.
+    let local = lines
+        .iter()
+        .find(|l| l["packet"] == "198.51.100.7 192.168.10.11:30081/tcp")
+        .unwrap();
+    assert_eq!(
+        local["endpoints"],
+        json!([{"ip": "10.244.1.20", "port": 8080, "probability": 1.0, "masquerade": false}])
+    );
+    assert_eq!(local["masquerade"], false);
+    // Hairpin: only the endpoint reaching itself is masqueraded.
+    let hairpin = lines
+        .iter()
+        .find(|l| l["packet"] == "10.244.1.20 10.96.0.100:80/tcp")
+        .unwrap();
+    assert_eq!(hairpin["endpoints"][0]["masquerade"], true);
+    assert_eq!(hairpin["endpoints"][1]["masquerade"], false);
+}
+
+#[test]
+fn trace_packets_from_stdin_reports_bad_lines_and_goes_on() {
+    let input =
+        "# comment\n10.244.1.5 10.96.100.10:80/tcp\nnot a packet\n\n10.244.1.5 10.96.0.103:80\n";
+    let run = svcroute_with_stdin(
+        &[
+            "--config",
+            NODE,
+            "trace",
+            "-f",
+            CLUSTER,
+            "--packets",
+            "-",
+            "-o",
+            "json",
+        ],
+        Some(input),
+    );
+    assert_eq!(run.code, 1, "a bad line makes the run fail");
+    assert!(
+        run.stderr.contains("error: <stdin>:3: invalid packet"),
+        "{}",
+        run.stderr
+    );
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["verdict"], "reject");
+}
+
+#[test]
+fn trace_text_for_many_packets() {
+    let run = svcroute(&[
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--packets",
+        PACKETS,
+    ]);
+    assert_eq!(run.code, 0);
+    assert_eq!(run.stdout.lines().count(), example_packets().len());
+    assert!(
+        run.stdout
+            .contains("10.244.1.50 -> 10.96.0.103:80/tcp: REJECT")
+    );
+    assert!(run.stdout.contains(
+        "203.0.113.99 -> 203.0.113.10:80/tcp: DROP: source not allowed by loadBalancerSourceRanges"
+    ));
+}
+
+#[test]
+fn backend_all_agrees_on_the_example() {
+    let run = svcroute(&[
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--packets",
+        PACKETS,
+        "--backend",
+        "all",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), example_packets().len());
+    for v in &lines {
+        assert_eq!(v["agree"], true, "{v}");
+        let backends = v["backends"].as_object().unwrap();
+        assert_eq!(
+            backends.keys().collect::<Vec<_>>(),
+            ["memory", "reference"],
+            "{v}"
+        );
+        assert_eq!(backends["memory"], backends["reference"], "{v}");
+    }
+    let text = svcroute(&[
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--from",
+        "10.244.1.5",
+        "--to",
+        "10.96.100.10:80",
+        "--backend",
+        "all",
+    ]);
+    assert_eq!(text.code, 0);
+    assert!(
+        text.stdout
+            .starts_with("10.244.1.5 -> 10.96.100.10:80/tcp: backends agree"),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.contains("\n  reference  DNAT to "));
+    assert!(text.stdout.contains("\n  memory     DNAT to "));
+}
+
+#[test]
+fn backend_all_agrees_under_other_settings() {
+    for extra in [
+        &["--node-name", "node-2"][..],
+        &["--masquerade-all"],
+        &[
+            "--nodeport-addresses",
+            "primary",
+            "--localhost-nodeports",
+            "false",
+        ],
+        &["--ip-families", "IPv6"],
+        &["--cluster-cidr", "10.244.1.0/24"],
+    ] {
+        let mut args = vec![
+            "--config",
+            NODE,
+            "trace",
+            "-f",
+            CLUSTER,
+            "--packets",
+            PACKETS,
+            "--backend",
+            "all",
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let run = svcroute(&args);
+        assert_eq!(run.code, 0, "{extra:?}: {}", run.stderr);
+        for line in run.stdout.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["agree"], true, "{extra:?}: {line}");
+        }
+    }
+}
+
+#[test]
+fn memory_backend_matches_the_reference() {
+    let memory = svcroute(&[
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--packets",
+        PACKETS,
+        "--backend",
+        "memory",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(memory.code, 0, "{}", memory.stderr);
+    let reference = svcroute(&[
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--packets",
+        PACKETS,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(memory.stdout, reference.stdout);
+}
+
+#[test]
+fn an_invalid_service_is_reported_and_the_rest_still_routes() {
+    let dir = scratch("invalid");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: broken\n  namespace: default\nspec:\n  clusterIP: 10.96.9.9\n  ports:\n  - port: 0\n",
+    )
+    .unwrap();
+    let bad = bad.to_str().unwrap();
+    let run = svcroute(&[
+        "--config", NODE, "plan", "-f", CLUSTER, "-f", bad, "-o", "json",
+    ]);
+    assert_eq!(run.code, 0);
+    assert_eq!(
+        run.stderr,
+        "error: Service default/broken: spec.ports[0].port: port 0 is out of range 1..=65535\n"
+    );
+    let plan: Vec<Value> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan.len(), 15);
+    assert!(!services(&plan).contains(&"default/broken"));
+
+    let strict = svcroute(&[
+        "--config", NODE, "plan", "-f", CLUSTER, "-f", bad, "--strict",
+    ]);
+    assert_eq!(strict.code, 1);
+    assert!(
+        strict.stdout.contains("default/echo:http"),
+        "the plan is still printed"
+    );
+}
+
+#[test]
+fn undecodable_objects_and_other_kinds() {
+    let input = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n---\n\
+                 apiVersion: v1\nkind: Service\nmetadata: {name: typo}\nspec: {clusterIP: 10.96.0.5, ports: [{port: eighty}]}\n---\n\
+                 apiVersion: v1\nkind: Service\nmetadata: {name: fine}\nspec: {clusterIP: 10.96.0.6, ports: [{port: 80}]}\n";
+    let run = svcroute_with_stdin(&["plan", "-f", "-", "-o", "json"], Some(input));
+    assert_eq!(run.code, 0);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stderr);
+    assert!(lines[0].starts_with("warning: <stdin>: document 1: skipping Deployment default/web"));
+    assert!(lines[1].starts_with(
+        "error: Service default/typo: cannot decode (<stdin>: document 2): invalid type"
+    ));
+    let plan: Vec<Value> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(services(&plan), ["default/fine"]);
+}
+
+#[test]
+fn lists_json_and_directories() {
+    let dir = scratch("formats");
+    // A typed List as the API returns it: items without kind.
+    std::fs::write(
+        dir.join("a-services.json"),
+        r#"{"apiVersion": "v1", "kind": "ServiceList", "metadata": {}, "items": [
+            {"metadata": {"name": "api", "namespace": "prod"},
+             "spec": {"clusterIP": "10.96.1.1", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
+        ]}"#,
+    )
+    .unwrap();
+    // A JSON stream of two objects, one of them a `kind: List` holding a slice.
+    std::fs::write(
+        dir.join("b-slices.json"),
+        r#"{"apiVersion": "v1", "kind": "List", "items": [
+             {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+              "metadata": {"name": "api-1", "namespace": "prod", "labels": {"kubernetes.io/service-name": "api"}},
+              "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+              "endpoints": [{"addresses": ["10.244.1.7"], "conditions": {"ready": true}, "nodeName": "node-1"}]}]}
+           {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1", "labels": {"topology.kubernetes.io/zone": "a"}}}"#,
+    )
+    .unwrap();
+    // Multi-document YAML with a nested List.
+    std::fs::write(
+        dir.join("c.yaml"),
+        "---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: List\n  items:\n  - apiVersion: v1\n    kind: Service\n    metadata: {name: db, namespace: prod}\n    spec: {clusterIP: 10.96.1.2, ports: [{port: 5432}]}\n---\n# comment only\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\nmetadata:\n  name: db-1\n  namespace: prod\n  labels: {kubernetes.io/service-name: db}\nports: [{port: 5432}]\nendpoints:\n- addresses: [10.244.2.9]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("notes.txt"), "not read").unwrap();
+    let run = svcroute(&[
+        "plan",
+        "--node-name",
+        "node-1",
+        "-f",
+        dir.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stderr, "");
+    let plan: Vec<Value> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(services(&plan), ["prod/api", "prod/db"]);
+    assert_eq!(plan[0]["cluster_endpoints"], json!(["10.244.1.7:8080"]));
+    assert_eq!(plan[1]["cluster_endpoints"], json!(["10.244.2.9:5432"]));
+}
+
+#[test]
+fn stdin_input_equals_file_input() {
+    let text = std::fs::read_to_string(root().join(CLUSTER)).unwrap();
+    let from_stdin = svcroute_with_stdin(
+        &["--config", NODE, "plan", "-f", "-", "-o", "json"],
+        Some(&text),
+    );
+    let from_file = svcroute(&["--config", NODE, "plan", "-f", CLUSTER, "-o", "json"]);
+    assert_eq!(from_stdin.code, 0);
+    assert_eq!(from_stdin.stdout, from_file.stdout);
+    let twice = svcroute_with_stdin(&["plan", "-f", "-", "-f", "-"], Some(""));
+    assert_eq!(twice.code, 2);
+}
+
+#[test]
+fn unparseable_files_are_named() {
+    let dir = scratch("unparseable");
+    let path = dir.join("broken.yaml");
+    std::fs::write(
+        &path,
+        "kind: Node\nmetadata: {name: a}\n---\nkind: Service\nmetadata: {name: [x\n",
+    )
+    .unwrap();
+    let run = svcroute(&["plan", "-f", path.to_str().unwrap()]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: {}: document 2: cannot parse: ",
+            path.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1);
+
+    let json = dir.join("broken.json");
+    std::fs::write(&json, "{\"kind\": \"Node\",").unwrap();
+    let run = svcroute(&["plan", "-f", json.to_str().unwrap()]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("broken.json: cannot parse"),
+        "{}",
+        run.stderr
+    );
+
+    let binary = dir.join("binary.yaml");
+    std::fs::write(&binary, [0xff, 0xfe, 0x00, 0x41]).unwrap();
+    let run = svcroute(&["plan", "-f", binary.to_str().unwrap()]);
+    assert_eq!(run.code, 2);
+
+    let run = svcroute(&["plan", "-f", "does/not/exist.yaml"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("does/not/exist.yaml"));
+}
+
+#[test]
+fn flags_override_the_config_file() {
+    // As node-2, the eTP=Local and iTP=Local services find other local endpoints.
+    let plan = plan_json(&["--node-name", "node-2"]);
+    let npl = entry(&plan, "default/echo-nodeport-local", "http", "IPv4");
+    assert_eq!(npl["local_endpoints"], json!(["10.244.2.21:8080"]));
+    let itl = entry(&plan, "default/echo-internal-local", "http", "IPv4");
+    assert_eq!(itl["local_endpoints"], json!(["10.244.2.30:8080"]));
+    assert_eq!(itl["when_no_endpoint"], Value::Null);
+
+    // Only IPv4: the IPv6-only service disappears.
+    let plan = plan_json(&["--ip-families", "IPv4"]);
+    assert!(!services(&plan).contains(&"default/web"));
+    assert!(plan.iter().all(|e| e["ip_family"] == "IPv4"));
+
+    // NodePorts on the primary IPs only: no localhost.
+    let plan = plan_json(&["--nodeport-addresses", "primary"]);
+    let np = entry(&plan, "default/echo-nodeport", "http", "IPv4");
+    let nodeport = np["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["type"] == "NodePort")
+        .unwrap();
+    assert_eq!(nodeport["addresses"], json!(["192.168.10.11:30080"]));
+
+    // --masquerade-all changes traces of pod traffic to ClusterIPs.
+    let args = [
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--from",
+        "10.244.1.5",
+        "--to",
+        "10.96.0.100:80",
+        "-o",
+        "json",
+    ];
+    let plain: Value = serde_json::from_str(&svcroute(&args).stdout).unwrap();
+    assert_eq!(plain["masquerade"], false);
+    let mut all_args = args.to_vec();
+    all_args.push("--masquerade-all");
+    let all: Value = serde_json::from_str(&svcroute(&all_args).stdout).unwrap();
+    assert_eq!(all["masquerade"], true);
+}
+
+#[test]
+fn config_file_alone_and_kube_proxy_keys() {
+    let dir = scratch("config");
+    let cfg = dir.join("kube-proxy.yaml");
+    std::fs::write(
+        &cfg,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\n\
+         hostnameOverride: node-2\nclusterCIDR: 10.244.0.0/16,fd00:10:244::/56\nnodeIPs: 192.168.10.12\n\
+         iptables:\n  masqueradeAll: true\n  syncPeriod: 30s\n",
+    )
+    .unwrap();
+    let run = svcroute(&["--config", cfg.to_str().unwrap(), "plan", "-f", CLUSTER]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("node node-2 (192.168.10.12):"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn invalid_settings_exit_with_status_2() {
+    let dir = scratch("bad-settings");
+    let cfg = dir.join("typo.yaml");
+    std::fs::write(&cfg, "nodeName: node-1\nnodeIp: 192.168.10.11\n").unwrap();
+    let run = svcroute(&["--config", cfg.to_str().unwrap(), "plan", "-f", CLUSTER]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("nodeIp: unknown key"), "{}", run.stderr);
+    assert_eq!(run.stdout, "");
+
+    let cfg = dir.join("bad-ip.yaml");
+    std::fs::write(&cfg, "nodeIPs: [192.168.10.11, 300.1.1.1]\n").unwrap();
+    let run = svcroute(&["--config", cfg.to_str().unwrap(), "plan", "-f", CLUSTER]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .contains("nodeIPs[1]: \"300.1.1.1\" is not a valid IP address"),
+        "{}",
+        run.stderr
+    );
+
+    let run = svcroute(&["plan", "-f", CLUSTER, "--node-name", "Not_A_Name"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("nodeName"), "{}", run.stderr);
+
+    for bad in [
+        &["plan", "-f", CLUSTER, "--cluster-cidr", "10.0.0.0/40"][..],
+        &["plan", "-f", CLUSTER, "--masquerade-bit", "32"],
+        &["plan", "-f", CLUSTER, "--ip-families", "IPv5"],
+        &["plan", "-f", CLUSTER, "--localhost-nodeports", "maybe"],
+        &["plan", "-f", CLUSTER, "--nodeport-addresses", "primary"], // no node IP to be primary
+        &["plan"],                                                   // no input
+        &["--config", "examples/missing.yaml", "plan", "-f", CLUSTER],
+    ] {
+        let run = svcroute(bad);
+        assert_eq!(run.code, 2, "{bad:?}: {}", run.stderr);
+        assert!(run.stderr.starts_with("error"), "{bad:?}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn help_documents_the_config_keys() {
+    let run = svcroute(&["--help"]);
+    assert_eq!(run.code, 0);
+    for key in [
+        "hostnameOverride",
+        "nodeIPs",
+        "clusterCIDR",
+        "masqueradeBit",
+        "nodePortAddresses",
+        "serviceCIDRs",
+        "ipFamilies",
+    ] {
+        assert!(run.stdout.contains(key), "--help lacks {key}");
+    }
+}
