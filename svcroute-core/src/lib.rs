@@ -13,7 +13,7 @@
 //! - [`state`]: the store, EndpointSlice cache and coalescing change tracker ([`State`]).
 //! - [`select`]: per service port, frontends and endpoint sets (upstream `CategorizeEndpoints`).
 //! - [`change`]: the [`ChangeSet`] a sync applies and the full [`Desired`] view.
-//! - [`decide`]: the reference decision for one packet, every backend's trace must equal it.
+//! - [`mod@decide`]: the reference decision for one packet, every backend's trace must equal it.
 //! - [`dataplane`]: the [`Dataplane`] trait backends implement, with its contract.
 //!
 //! ```

@@ -83,6 +83,19 @@ pub struct SliceInfo {
     pub endpoints: Vec<EndpointInfo>,
 }
 
+/// Puts the field path into a failed check's error. Checks run with an empty path and the real
+/// one is formatted only on failure, so validating a good slice formats no field names (this
+/// runs for every endpoint of every slice update).
+fn at<T>(
+    result: Result<T, ValidationError>,
+    field: impl FnOnce() -> String,
+) -> Result<T, ValidationError> {
+    result.map_err(|mut e| {
+        e.field = field();
+        e
+    })
+}
+
 impl SliceInfo {
     /// Validates a slice as the API shapes it.
     pub fn from_api(
@@ -95,13 +108,13 @@ impl SliceInfo {
         let cx = Ctx::new(ObjectKind::EndpointSlice, Some(namespace), Some(name));
         cx.dns_label("metadata.namespace", namespace)?;
         cx.dns_subdomain("metadata.name", name)?;
-        let label_field = format!("metadata.labels[{LABEL_SERVICE_NAME}]");
+        let label_field = || format!("metadata.labels[{LABEL_SERVICE_NAME}]");
         let service = meta
             .labels
             .get(LABEL_SERVICE_NAME)
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| cx.err(&label_field, Problem::Missing))?;
-        cx.dns_label(&label_field, service)?;
+            .ok_or_else(|| cx.err(label_field(), Problem::Missing))?;
+        at(cx.dns_label("", service), label_field)?;
         let family = match slice.address_type.as_deref() {
             Some("IPv4") => Some(IpFamily::IPv4),
             Some("IPv6") => Some(IpFamily::IPv6),
@@ -129,20 +142,21 @@ impl SliceInfo {
         };
 
         cx.max_len("ports", &slice.ports, MAX_PORTS)?;
+        info.ports.reserve_exact(slice.ports.len());
         let mut names = BTreeSet::new();
         for (i, p) in slice.ports.iter().enumerate() {
             let field = |f: &str| format!("ports[{i}].{f}");
             let pname = p.name.clone().unwrap_or_default();
             if !pname.is_empty() {
-                cx.dns_label(&field("name"), &pname)?;
+                at(cx.dns_label("", &pname), || field("name"))?;
             }
-            let protocol = cx.protocol(&field("protocol"), p.protocol.as_deref())?;
+            let protocol = at(cx.protocol("", p.protocol.as_deref()), || field("protocol"))?;
             if !names.insert((pname.clone(), protocol)) {
                 return Err(cx.err(field("name"), Problem::Duplicate(pname)));
             }
             // A port without a number means "no port" (upstream skips it).
             let Some(number) = p.port else { continue };
-            let port = cx.port(&field("port"), number)?;
+            let port = at(cx.port("", number), || field("port"))?;
             info.ports.push(SlicePort {
                 name: pname,
                 protocol,
@@ -151,6 +165,7 @@ impl SliceInfo {
         }
 
         cx.max_len("endpoints", &slice.endpoints, MAX_ENDPOINTS)?;
+        info.endpoints.reserve_exact(slice.endpoints.len());
         let mut seen = HashSet::with_capacity(slice.endpoints.len());
         for (i, ep) in slice.endpoints.iter().enumerate() {
             let field = |f: &str| format!("endpoints[{i}].{f}");
@@ -158,8 +173,8 @@ impl SliceInfo {
                 .addresses
                 .first()
                 .ok_or_else(|| cx.err(field("addresses"), Problem::Missing))?;
-            cx.max_len(&field("addresses"), &ep.addresses, 100)?;
-            let ip = cx.ip_of(&field("addresses[0]"), first, family)?;
+            at(cx.max_len("", &ep.addresses, 100), || field("addresses"))?;
+            let ip = at(cx.ip_of("", first, family), || field("addresses[0]"))?;
             if !seen.insert(ip) {
                 return Err(cx.err(field("addresses[0]"), Problem::Duplicate(ip.to_string())));
             }
@@ -169,7 +184,7 @@ impl SliceInfo {
                     match v.as_deref().filter(|s| !s.is_empty()) {
                         None => Ok(None),
                         Some(s) => {
-                            cx.short(&field(f), s, max)?;
+                            at(cx.short("", s, max), || field(f))?;
                             Ok(Some(interner.intern(s)))
                         }
                     }
@@ -179,8 +194,12 @@ impl SliceInfo {
             let (zone_hints, node_hints) = match &ep.hints {
                 None => (Box::default(), Box::default()),
                 Some(h) => {
-                    cx.max_len(&field("hints.forZones"), &h.for_zones, MAX_HINTS)?;
-                    cx.max_len(&field("hints.forNodes"), &h.for_nodes, MAX_HINTS)?;
+                    at(cx.max_len("", &h.for_zones, MAX_HINTS), || {
+                        field("hints.forZones")
+                    })?;
+                    at(cx.max_len("", &h.for_nodes, MAX_HINTS), || {
+                        field("hints.forNodes")
+                    })?;
                     let mut intern_all =
                         |f: &str,
                          hints: &[api::NamedHint]|
@@ -188,7 +207,7 @@ impl SliceInfo {
                             hints
                                 .iter()
                                 .map(|h| {
-                                    cx.short(&field(f), &h.name, MAX_SUBDOMAIN)?;
+                                    at(cx.short("", &h.name, MAX_SUBDOMAIN), || field(f))?;
                                     Ok(interner.intern(&h.name))
                                 })
                                 .collect()

@@ -179,11 +179,17 @@ pub fn resolve_service(
             internal_traffic_policy: svc.internal_traffic_policy,
             external_traffic_policy: svc.external_traffic_policy,
             affinity_timeout: svc.affinity_timeout,
-            families: IpFamily::ALL
-                .iter()
-                .filter(|f| cx.config.handles(**f))
-                .filter_map(|f| resolve_family(svc, port, &slices, *f, cx))
-                .collect(),
+            families: {
+                // At most one per ClusterIP; sized up front, as the desired state keeps it.
+                let mut families = Vec::with_capacity(svc.cluster_ips.len());
+                families.extend(
+                    IpFamily::ALL
+                        .iter()
+                        .filter(|f| cx.config.handles(**f))
+                        .filter_map(|f| resolve_family(svc, port, &slices, *f, cx)),
+                );
+                families
+            },
         })
         .collect()
 }
@@ -227,11 +233,18 @@ fn resolve_family(
         nodes: cx.nodes,
     };
     let Categorized {
-        cluster,
-        local,
-        all_reachable,
+        mut cluster,
+        mut local,
+        mut all_reachable,
         has_any,
     } = categorize(&candidates, &policy, &node);
+    // The lists live as long as the port: drop the slack left by collecting them.
+    for list in [cluster.as_mut(), local.as_mut(), Some(&mut all_reachable)]
+        .into_iter()
+        .flatten()
+    {
+        list.shrink_to_fit();
+    }
     Some(FamilyRouting {
         family,
         cluster_ip,
