@@ -11,6 +11,8 @@
 //! [`input`] (files → API objects) → [`cluster`] (objects → core `State`) → [`plan`] or
 //! [`trace`] (through a [`backend`]) → stdout; warnings and rejected objects go to stderr.
 
+#![forbid(unsafe_code)]
+
 mod args;
 mod backend;
 mod cluster;

@@ -121,24 +121,11 @@ fn entry(config: &ProxyConfig, port: &ResolvedServicePort, fam: &FamilyRouting) 
         local_endpoints: fam.local_endpoints.as_deref().map(addrs),
         all_reachable: addrs(&fam.all_reachable),
         has_any_endpoints: fam.has_any_endpoints,
-        when_no_endpoint: when_no_endpoint(fam),
+        when_no_endpoint: fam.when_no_endpoint(),
         internal_traffic_policy: port.internal_traffic_policy,
         external_traffic_policy: port.external_traffic_policy,
         externally_accessible: fam.externally_accessible,
         affinity_timeout_seconds: port.affinity_timeout,
-    }
-}
-
-/// What happens to traffic that finds no endpoint: REJECT when none exists at all, DROP when
-/// some exist but an endpoint set in use is empty (a Local policy with no local endpoint).
-fn when_no_endpoint(fam: &FamilyRouting) -> Option<NoEndpointVerdict> {
-    let empty_in_use = |set: &Option<Vec<SocketAddr>>| set.as_ref().is_some_and(Vec::is_empty);
-    if !fam.has_any_endpoints {
-        Some(NoEndpointVerdict::Reject)
-    } else if empty_in_use(&fam.local_endpoints) || empty_in_use(&fam.cluster_endpoints) {
-        Some(NoEndpointVerdict::Drop)
-    } else {
-        None
     }
 }
 

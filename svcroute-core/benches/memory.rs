@@ -1,13 +1,15 @@
 //! Memory per endpoint of a built [`svcroute_core::State`] (see `BENCHMARKS.md`).
 //!
-//! A counting `#[global_allocator]` would need an `unsafe impl GlobalAlloc`, which the
-//! workspace's `unsafe_code = "forbid"` rules out (an `allow` cannot lift a `forbid`). So this
-//! measures the process's anonymous resident memory (`RssAnon` in `/proc/self/status`) before
-//! and after building the state, each workload in a fresh child process so nothing freed by
-//! one run is counted by the next. Objects are generated and applied one at a time and changes
-//! are taken every 256 Services, so the input objects and change sets are dropped as they go
-//! and their memory is reused: what remains is the state, plus the allocator's own overhead
-//! (chunk headers, alignment, free space) — what the memory really costs.
+//! Two measures, each workload in a fresh child process so nothing freed by one run is counted
+//! by the next:
+//! - **heap**: bytes the State holds on the heap, exactly, from a counting global allocator
+//!   (requested sizes; the allocator's per-allocation overhead is not included, so the live
+//!   allocation count is reported too);
+//! - **RSS**: the growth of anonymous resident memory (`RssAnon`), allocator overhead and free
+//!   space included.
+//!
+//! Objects are generated and applied one at a time and changes are taken every 256 Services,
+//! so the input objects and change sets are dropped as they go: what remains is the state.
 //!
 //! - `cargo bench -p svcroute-core --bench memory`: the 10,000×10 and 5,000×50 workloads
 //!   (and, for reference, 100×10 and 1,000×10).
@@ -16,36 +18,98 @@
 //! - `memory --leak <id>`: builds one workload and leaks the state, for an exact heap count
 //!   under `valgrind --leak-check=full` or `heaptrack` (the leaked bytes are the state's).
 
+// The counting allocator below needs `unsafe impl GlobalAlloc`; it only forwards to the system
+// allocator and adds atomic counters. Nothing else in this crate uses unsafe code.
+#![allow(unsafe_code)]
+
 // Each bench binary uses only part of the shared generator.
 #[allow(dead_code)]
 mod common;
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{WORKLOADS, Workload};
 
 /// Target from the issue: bytes of memory per endpoint.
 const TARGET_BYTES_PER_ENDPOINT: f64 = 300.0;
 
+/// Live heap bytes and live allocations.
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+static LIVE_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// The system allocator, counting what is live.
+struct Counting;
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// caller's guarantees carry over; the counters have no effect on the memory handed out.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as is (see above).
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+            LIVE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as is (see above).
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        LIVE_ALLOCATIONS.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded as is (see above).
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live() -> (usize, usize) {
+    (
+        LIVE_BYTES.load(Ordering::Relaxed),
+        LIVE_ALLOCATIONS.load(Ordering::Relaxed),
+    )
+}
+
 /// One workload's measurement.
 struct Report {
     workload: Workload,
     rss_delta: u64,
+    heap_delta: usize,
+    allocations: usize,
     endpoints: usize,
     service_ports: usize,
 }
 
 impl Report {
-    fn per_endpoint(&self) -> f64 {
+    fn heap_per_endpoint(&self) -> f64 {
+        self.heap_delta as f64 / self.endpoints as f64
+    }
+
+    fn rss_per_endpoint(&self) -> f64 {
         self.rss_delta as f64 / self.endpoints as f64
     }
 
-    /// `id rss_delta endpoints service_ports`, as a child prints it.
+    /// `id rss_delta heap_delta allocations endpoints service_ports`, as a child prints it.
     fn line(&self) -> String {
         format!(
-            "{} {} {} {}",
+            "{} {} {} {} {} {}",
             self.workload.id(),
             self.rss_delta,
+            self.heap_delta,
+            self.allocations,
             self.endpoints,
             self.service_ports
         )
@@ -57,6 +121,8 @@ impl Report {
         Some(Report {
             workload,
             rss_delta: it.next()?.parse().ok()?,
+            heap_delta: it.next()?.parse().ok()?,
+            allocations: it.next()?.parse().ok()?,
             endpoints: it.next()?.parse().ok()?,
             service_ports: it.next()?.parse().ok()?,
         })
@@ -85,12 +151,16 @@ fn measure(w: Workload) -> Result<Report, String> {
     // Warm the allocator and lazily initialised runtime state outside the measurement.
     drop(Workload::new(10, 10).build_state());
     let before = rss_anon()?;
+    let (heap_before, allocations_before) = live();
     let state = w.build_state();
+    let (heap_after, allocations_after) = live();
     let after = rss_anon()?;
     let stats = state.stats();
     let report = Report {
         workload: w,
         rss_delta: after.saturating_sub(before),
+        heap_delta: heap_after.saturating_sub(heap_before),
+        allocations: allocations_after.saturating_sub(allocations_before),
         endpoints: stats.endpoints,
         service_ports: stats.service_ports,
     };
@@ -141,8 +211,14 @@ fn run(args: &[String]) -> Result<(), String> {
         vec![WORKLOADS[0]]
     };
     println!(
-        "{:<10} {:>10} {:>14} {:>14} {:>11} {:>8}",
-        "workload", "endpoints", "service ports", "RssAnon delta", "B/endpoint", "target"
+        "{:<10} {:>10} {:>14} {:>13} {:>13} {:>11} {:>8}",
+        "workload",
+        "endpoints",
+        "service ports",
+        "heap B/ep",
+        "allocs/ep",
+        "RSS B/ep",
+        "target"
     );
     let mut missed = Vec::new();
     for w in workloads {
@@ -157,19 +233,20 @@ fn run(args: &[String]) -> Result<(), String> {
                 w.services
             ));
         }
-        let verdict = if r.per_endpoint() <= TARGET_BYTES_PER_ENDPOINT {
+        let verdict = if r.heap_per_endpoint() <= TARGET_BYTES_PER_ENDPOINT {
             "pass"
         } else {
             missed.push(w.id());
             "MISS"
         };
         println!(
-            "{:<10} {:>10} {:>14} {:>14} {:>11.1} {:>8}",
+            "{:<10} {:>10} {:>14} {:>13.1} {:>13.2} {:>11.1} {:>8}",
             w.id(),
             r.endpoints,
             r.service_ports,
-            r.rss_delta,
-            r.per_endpoint(),
+            r.heap_per_endpoint(),
+            r.allocations as f64 / r.endpoints as f64,
+            r.rss_per_endpoint(),
             verdict
         );
     }

@@ -30,6 +30,8 @@
 //! assert_eq!(decide(state.desired(), &packet).verdict.name(), "reject");
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod change;
 pub mod dataplane;
 pub mod decide;

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::model::{IpFamily, Protocol, ProxyConfig};
+use crate::model::{IpFamily, Protocol, ProxyConfig, ServiceName};
 use crate::select::{ResolvedServicePort, ServicePortName};
 
 /// The full desired routing of this node: every resolved service port plus the settings.
@@ -43,6 +43,23 @@ impl Desired {
     /// One service port.
     pub fn port(&self, name: &ServicePortName) -> Option<&Arc<ResolvedServicePort>> {
         self.ports.get(name)
+    }
+
+    /// The ports of one Service, in key order.
+    pub fn ports_of_service<'a>(
+        &'a self,
+        service: &'a ServiceName,
+    ) -> impl Iterator<Item = &'a Arc<ResolvedServicePort>> + 'a {
+        // Keys order by service first, and the empty TCP port name is the smallest of a service.
+        let first = ServicePortName {
+            service: service.clone(),
+            port_name: String::new(),
+            protocol: Protocol::Tcp,
+        };
+        self.ports
+            .range(first..)
+            .take_while(move |(k, _)| k.service == *service)
+            .map(|(_, v)| v)
     }
 
     /// Number of service ports.

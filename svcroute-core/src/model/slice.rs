@@ -19,18 +19,43 @@ pub const MAX_HINTS: usize = 8;
 /// Shares the few distinct node names, zones and hints among all endpoints, so a large
 /// cluster stores each string once.
 #[derive(Debug, Default)]
-pub struct Interner(HashSet<Arc<str>>);
+pub struct Interner {
+    strings: HashSet<Arc<str>>,
+    topologies: HashSet<Arc<EndpointTopology>>,
+}
 
 impl Interner {
     /// The shared copy of `s`.
     pub fn intern(&mut self, s: &str) -> Arc<str> {
-        if let Some(found) = self.0.get(s) {
+        if let Some(found) = self.strings.get(s) {
             return found.clone();
         }
         let new: Arc<str> = Arc::from(s);
-        self.0.insert(new.clone());
+        self.strings.insert(new.clone());
         new
     }
+
+    /// The shared copy of `t` (endpoints of one zone usually carry identical hints).
+    pub fn intern_topology(&mut self, t: EndpointTopology) -> Arc<EndpointTopology> {
+        if let Some(found) = self.topologies.get(&t) {
+            return found.clone();
+        }
+        let new = Arc::new(t);
+        self.topologies.insert(new.clone());
+        new
+    }
+}
+
+/// The rarely set topology fields of an endpoint, kept out of line so the common endpoint
+/// stays small.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct EndpointTopology {
+    /// `hints.forZones`.
+    pub zone_hints: Box<[Arc<str>]>,
+    /// `hints.forNodes`.
+    pub node_hints: Box<[Arc<str>]>,
+    /// `deprecatedTopology` (node labels for legacy `topologyKeys`).
+    pub deprecated_topology: BTreeMap<String, String>,
 }
 
 /// One port of a slice.
@@ -60,12 +85,28 @@ pub struct EndpointInfo {
     pub node_name: Option<Arc<str>>,
     /// `zone`.
     pub zone: Option<Arc<str>>,
-    /// `hints.forZones`.
-    pub zone_hints: Box<[Arc<str>]>,
-    /// `hints.forNodes`.
-    pub node_hints: Box<[Arc<str>]>,
-    /// `deprecatedTopology` (node labels for legacy `topologyKeys`), if any.
-    pub deprecated_topology: Option<Arc<BTreeMap<String, String>>>,
+    /// Hints and `deprecatedTopology`, when the slice gives any.
+    pub topology: Option<Arc<EndpointTopology>>,
+}
+
+impl EndpointInfo {
+    /// `hints.forZones` (empty when unset).
+    pub fn zone_hints(&self) -> &[Arc<str>] {
+        self.topology.as_deref().map(|t| &*t.zone_hints).unwrap_or_default()
+    }
+
+    /// `hints.forNodes` (empty when unset).
+    pub fn node_hints(&self) -> &[Arc<str>] {
+        self.topology.as_deref().map(|t| &*t.node_hints).unwrap_or_default()
+    }
+
+    /// `deprecatedTopology`, if the slice gives it.
+    pub fn deprecated_topology(&self) -> Option<&BTreeMap<String, String>> {
+        self.topology
+            .as_deref()
+            .map(|t| &t.deprecated_topology)
+            .filter(|m| !m.is_empty())
+    }
 }
 
 /// A validated EndpointSlice.
@@ -219,7 +260,7 @@ impl SliceInfo {
                 }
             };
             let deprecated_topology = if ep.deprecated_topology.is_empty() {
-                None
+                BTreeMap::new()
             } else {
                 cx.max_len(
                     &field("deprecatedTopology"),
@@ -230,8 +271,18 @@ impl SliceInfo {
                     cx.label_key(&field("deprecatedTopology"), k)?;
                     cx.short(&field("deprecatedTopology"), v, MAX_LABEL)?;
                 }
-                Some(Arc::new(ep.deprecated_topology.clone()))
+                ep.deprecated_topology.clone()
             };
+            let topology = (!zone_hints.is_empty()
+                || !node_hints.is_empty()
+                || !deprecated_topology.is_empty())
+            .then(|| {
+                interner.intern_topology(EndpointTopology {
+                    zone_hints,
+                    node_hints,
+                    deprecated_topology,
+                })
+            });
             info.endpoints.push(EndpointInfo {
                 ip,
                 ready,
@@ -239,9 +290,7 @@ impl SliceInfo {
                 terminating: ep.conditions.terminating.unwrap_or(false),
                 node_name,
                 zone,
-                zone_hints,
-                node_hints,
-                deprecated_topology,
+                topology,
             });
         }
         Ok(info)

@@ -214,14 +214,14 @@ fn topology_mode(endpoints: &[Candidate<'_>], node: &NodeContext<'_>) -> Topolog
     let mut all_zone_hints = true;
     let mut for_zone = false;
     for c in endpoints.iter().filter(|c| c.info.ready) {
-        if c.info.node_hints.is_empty() {
+        if c.info.node_hints().is_empty() {
             all_node_hints = false;
-        } else if c.info.node_hints.iter().any(|h| &**h == node.name) {
+        } else if c.info.node_hints().iter().any(|h| &**h == node.name) {
             for_node = true;
         }
-        if c.info.zone_hints.is_empty() {
+        if c.info.zone_hints().is_empty() {
             all_zone_hints = false;
-        } else if zone.is_some_and(|z| c.info.zone_hints.iter().any(|h| &**h == z)) {
+        } else if zone.is_some_and(|z| c.info.zone_hints().iter().any(|h| &**h == z)) {
             for_zone = true;
         }
     }
@@ -237,10 +237,10 @@ fn topology_mode(endpoints: &[Candidate<'_>], node: &NodeContext<'_>) -> Topolog
 fn available_for_topology(c: &Candidate<'_>, mode: TopologyMode, node: &NodeContext<'_>) -> bool {
     match mode {
         TopologyMode::None => true,
-        TopologyMode::SameNode => c.info.node_hints.iter().any(|h| &**h == node.name),
+        TopologyMode::SameNode => c.info.node_hints().iter().any(|h| &**h == node.name),
         TopologyMode::SameZone => node
             .zone()
-            .is_some_and(|z| c.info.zone_hints.iter().any(|h| &**h == z)),
+            .is_some_and(|z| c.info.zone_hints().iter().any(|h| &**h == z)),
     }
 }
 
@@ -297,7 +297,7 @@ fn endpoint_label<'a>(ep: &'a EndpointInfo, key: &str, node: &NodeContext<'a>) -
     if let Some(v) = node_labels.and_then(|l| l.get(key)) {
         return Some(v.as_str());
     }
-    if let Some(v) = ep.deprecated_topology.as_deref().and_then(|t| t.get(key)) {
+    if let Some(v) = ep.deprecated_topology().and_then(|t| t.get(key)) {
         return Some(v.as_str());
     }
     match key {

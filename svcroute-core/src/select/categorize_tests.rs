@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::{Candidate, Categorized, NodeContext, PolicyInput, categorize};
+use crate::model::slice::EndpointTopology;
 use crate::model::{EndpointInfo, LABEL_HOSTNAME, LABEL_ZONE, TrafficPolicy};
 
 /// The node the proxy runs on in every case that does not name one.
@@ -110,16 +111,15 @@ impl Ep {
             terminating: self.terminating,
             node_name: self.node.map(Arc::from),
             zone: self.zone.map(Arc::from),
-            zone_hints: arcs(&self.zone_hints),
-            node_hints: arcs(&self.node_hints),
-            deprecated_topology: (!self.deprecated_topology.is_empty()).then(|| {
-                Arc::new(
-                    self.deprecated_topology
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                )
-            }),
+            topology: Some(Arc::new(EndpointTopology {
+                zone_hints: arcs(&self.zone_hints),
+                node_hints: arcs(&self.node_hints),
+                deprecated_topology: self
+                    .deprecated_topology
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            })),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod categorize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,9 @@ pub enum NoEndpointVerdict {
     Drop,
 }
 
+/// A sorted, shared list of endpoints.
+pub type EndpointList = Arc<[SocketAddr]>;
+
 /// The routing of one service port in one IP family.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FamilyRouting {
@@ -68,11 +72,11 @@ pub struct FamilyRouting {
     /// NodePort, externalIPs or LB IPs exist in this family.
     pub externally_accessible: bool,
     /// Endpoints for cluster-policy traffic, sorted; `None` when no traffic uses the policy.
-    pub cluster_endpoints: Option<Vec<SocketAddr>>,
+    pub cluster_endpoints: Option<EndpointList>,
     /// Endpoints for local-policy traffic, sorted; `None` when no traffic uses the policy.
-    pub local_endpoints: Option<Vec<SocketAddr>>,
-    /// Every endpoint some traffic may reach, sorted.
-    pub all_reachable: Vec<SocketAddr>,
+    pub local_endpoints: Option<EndpointList>,
+    /// Every endpoint some traffic may reach, sorted (often the same list as the cluster one).
+    pub all_reachable: EndpointList,
     /// Whether any usable endpoint exists.
     pub has_any_endpoints: bool,
     /// Ready endpoints on this node: what the eTP=Local health check reports (200 when above
@@ -101,7 +105,21 @@ impl FamilyRouting {
         self.cluster_endpoints.as_deref().unwrap_or_default()
     }
 
-    /// What happens to traffic that finds `chosen` empty.
+    /// Whether some traffic to this port finds no endpoint, and what happens to it then:
+    /// REJECT when no usable endpoint exists at all, DROP when endpoints exist but a policy in
+    /// use (a Local one on a node without local endpoints) finds none; `None` otherwise.
+    pub fn when_no_endpoint(&self) -> Option<NoEndpointVerdict> {
+        let empty_in_use = |set: &Option<EndpointList>| set.as_ref().is_some_and(|s| s.is_empty());
+        if !self.has_any_endpoints {
+            Some(NoEndpointVerdict::Reject)
+        } else if empty_in_use(&self.local_endpoints) || empty_in_use(&self.cluster_endpoints) {
+            Some(NoEndpointVerdict::Drop)
+        } else {
+            None
+        }
+    }
+
+    /// What happens to traffic whose chosen endpoint set is empty.
     pub fn when_empty(&self) -> NoEndpointVerdict {
         if self.has_any_endpoints {
             NoEndpointVerdict::Drop
@@ -233,18 +251,20 @@ fn resolve_family(
         nodes: cx.nodes,
     };
     let Categorized {
-        mut cluster,
-        mut local,
-        mut all_reachable,
+        cluster,
+        local,
+        all_reachable,
         has_any,
     } = categorize(&candidates, &policy, &node);
-    // The lists live as long as the port: drop the slack left by collecting them.
-    for list in [cluster.as_mut(), local.as_mut(), Some(&mut all_reachable)]
+    // Shared, exactly sized lists: the union is usually the cluster list itself.
+    let cluster: Option<EndpointList> = cluster.map(EndpointList::from);
+    let local: Option<EndpointList> = local.map(EndpointList::from);
+    let all_reachable = [&cluster, &local]
         .into_iter()
         .flatten()
-    {
-        list.shrink_to_fit();
-    }
+        .find(|list| ***list == *all_reachable)
+        .cloned()
+        .unwrap_or_else(|| EndpointList::from(all_reachable));
     Some(FamilyRouting {
         family,
         cluster_ip,

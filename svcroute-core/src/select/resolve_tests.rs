@@ -123,7 +123,7 @@ fn slices_are_merged_by_ip_port_and_sorted() {
     ]);
     assert_eq!(v4.cluster_endpoints.as_deref(), Some(&want[..]));
     assert_eq!(v4.local_endpoints, None);
-    assert_eq!(v4.all_reachable, want);
+    assert_eq!(*v4.all_reachable, *want);
     assert!(v4.has_any_endpoints);
 }
 
@@ -502,7 +502,7 @@ fn service_without_slices_has_no_endpoints() {
         assert_eq!(port.name.service.to_string(), "ns/web");
         let f = port.family(IpFamily::IPv4).unwrap();
         assert!(!f.has_any_endpoints);
-        assert_eq!(f.cluster_endpoints, Some(Vec::new()));
+        assert_eq!(f.cluster_endpoints.as_deref(), Some(&[][..]));
         assert_eq!(f.local_endpoints, None);
         assert!(f.all_reachable.is_empty());
         assert_eq!(f.when_empty(), NoEndpointVerdict::Reject);
@@ -533,4 +533,17 @@ fn local_ready_count_ignores_remote_and_terminating_endpoints() {
     let only_terminating = http_slice("web-1", "IPv4", json!([terminating("10.0.0.2")]));
     let ports = resolve_with(&web_v4(), &[&only_terminating], &config);
     assert_eq!(ports[0].families[0].local_ready_endpoints, 0);
+}
+
+#[test]
+fn the_union_shares_the_cluster_list_when_equal() {
+    let s = http_slice(
+        "web-1",
+        "IPv4",
+        json!([ready("10.0.0.1"), ready("10.0.0.2")]),
+    );
+    let ports = resolve(&web_v4(), &[&s]);
+    let f = &ports[0].families[0];
+    let cluster = f.cluster_endpoints.as_ref().unwrap();
+    assert!(std::sync::Arc::ptr_eq(cluster, &f.all_reachable));
 }

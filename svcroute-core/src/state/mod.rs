@@ -52,8 +52,6 @@ pub struct State {
     all_dirty: bool,
     config_changed: bool,
     desired: Desired,
-    /// Port names each Service currently has in `desired`.
-    ports_of: HashMap<ServiceName, Vec<ServicePortName>>,
     /// Keys seen since `Init`, per kind being re-listed.
     relisting: HashMap<Kind, HashSet<String>>,
     /// Kinds whose first list is complete.
@@ -71,7 +69,6 @@ impl State {
             all_dirty: false,
             config_changed: false,
             desired: Desired::new(config),
-            ports_of: HashMap::new(),
             relisting: HashMap::new(),
             listed: HashSet::new(),
         })
@@ -179,7 +176,7 @@ impl State {
     pub fn take_changes(&mut self) -> ChangeSet {
         let names: Vec<ServiceName> = if self.all_dirty {
             let mut all: HashSet<ServiceName> = self.store.service_names().cloned().collect();
-            all.extend(self.ports_of.keys().cloned());
+            all.extend(self.desired.ports().map(|p| p.name.service.clone()));
             self.dirty.clear();
             all.into_iter().collect()
         } else {
@@ -213,7 +210,11 @@ impl State {
             }
             None => Vec::new(),
         };
-        let old_names = self.ports_of.remove(name).unwrap_or_default();
+        let old_names: Vec<ServicePortName> = self
+            .desired
+            .ports_of_service(name)
+            .map(|p| p.name.clone())
+            .collect();
         let mut new_names = Vec::with_capacity(new_ports.len());
         for port in new_ports {
             new_names.push(port.name.clone());
@@ -239,9 +240,6 @@ impl State {
                     current: None,
                 });
             }
-        }
-        if !new_names.is_empty() {
-            self.ports_of.insert(name.clone(), new_names);
         }
     }
 

@@ -57,7 +57,7 @@ fn endpoints_of(state: &State, name: &str) -> Vec<SocketAddr> {
         .ports()
         .find(|p| p.name.service.name == name)
         .expect("service port");
-    port.family(IpFamily::IPv4).unwrap().all_reachable.clone()
+    port.family(IpFamily::IPv4).unwrap().all_reachable.to_vec()
 }
 
 fn sa(s: &str) -> SocketAddr {
@@ -100,7 +100,7 @@ fn changed_twice_is_one_change_and_changed_back_is_none() {
         .unwrap()
         .family(IpFamily::IPv4)
         .unwrap();
-    assert_eq!(before.all_reachable, vec![sa("10.244.1.1:8080")]);
+    assert_eq!(*before.all_reachable, [sa("10.244.1.1:8080")]);
     assert_eq!(endpoints_of(&st, "a"), vec![sa("10.244.1.3:8080")]);
     // UDP endpoints removed: conntrack cleanup needs them.
     assert_eq!(cs.stale_udp_endpoints(IpFamily::IPv4).len(), 1);
