@@ -1,6 +1,6 @@
 //! The backends `svcroute trace` can consult.
 //!
-//! - `reference`: the core's [`decide`], the decision every backend must reproduce.
+//! - `reference`: the core's [`decide()`], the decision every backend must reproduce.
 //! - `memory`: the conformance crate's in-memory `MemoryDataplane`, programmed by
 //!   `sync_full(desired)` and then traced through what it programmed
 //!   ([`Dataplane::trace`]).

@@ -212,13 +212,7 @@ fn run(args: &[String]) -> Result<(), String> {
     };
     println!(
         "{:<10} {:>10} {:>14} {:>13} {:>13} {:>11} {:>8}",
-        "workload",
-        "endpoints",
-        "service ports",
-        "heap B/ep",
-        "allocs/ep",
-        "RSS B/ep",
-        "target"
+        "workload", "endpoints", "service ports", "heap B/ep", "allocs/ep", "RSS B/ep", "target"
     );
     let mut missed = Vec::new();
     for w in workloads {

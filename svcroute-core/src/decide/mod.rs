@@ -231,7 +231,7 @@ impl FrontendKind {
     }
 }
 
-/// What a packet hit, before any endpoint is chosen: the first half of [`decide`], public so
+/// What a packet hit, before any endpoint is chosen: the first half of [`decide()`], public so
 /// tools can explain a decision without re-deriving it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Match<'a> {

@@ -20,8 +20,6 @@ pub const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
 pub const MAX_TOPOLOGY_KEYS: usize = 16;
 /// Sanity limit on ports, externalIPs, LB ingresses and source ranges of one Service.
 pub const MAX_LIST: usize = 1_024;
-/// Annotation older clusters used instead of `spec.loadBalancerSourceRanges`.
-pub const ANNOTATION_SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 
 /// `spec.type`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -77,7 +75,8 @@ pub struct ServiceInfo {
     pub external_ips: Vec<IpAddr>,
     /// VIP-mode load-balancer ingress IPs (LoadBalancer Services only; `ipMode: Proxy` skipped).
     pub load_balancer_ips: Vec<IpAddr>,
-    /// `spec.loadBalancerSourceRanges` (or the legacy annotation).
+    /// `spec.loadBalancerSourceRanges`. (The legacy annotation is for cloud providers; kube-proxy
+    /// does not read it, and neither does svcroute.)
     pub source_ranges: Vec<IpNet>,
     /// `spec.externalTrafficPolicy`.
     pub external_traffic_policy: TrafficPolicy,
@@ -394,25 +393,13 @@ fn ports(
 }
 
 fn source_ranges(cx: &Ctx, svc: &api::Service) -> Result<Vec<IpNet>, ValidationError> {
-    let mut out = Vec::new();
-    let spec_ranges = &svc.spec.load_balancer_source_ranges;
-    cx.max_len("spec.loadBalancerSourceRanges", spec_ranges, MAX_LIST)?;
-    if !spec_ranges.is_empty() {
-        for (i, r) in spec_ranges.iter().enumerate() {
-            out.push(cx.cidr(&format!("spec.loadBalancerSourceRanges[{i}]"), r)?);
-        }
-    } else if let Some(ann) = svc.metadata.annotations.get(ANNOTATION_SOURCE_RANGES) {
-        let field = format!("metadata.annotations[{ANNOTATION_SOURCE_RANGES}]");
-        let parts: Vec<&str> = ann
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
-        cx.max_len(&field, &parts, MAX_LIST)?;
-        for r in parts {
-            out.push(cx.cidr(&field, r)?);
-        }
-    }
+    let ranges = &svc.spec.load_balancer_source_ranges;
+    cx.max_len("spec.loadBalancerSourceRanges", ranges, MAX_LIST)?;
+    let mut out = ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| cx.cidr(&format!("spec.loadBalancerSourceRanges[{i}]"), r))
+        .collect::<Result<Vec<_>, _>>()?;
     out.sort();
     out.dedup();
     Ok(out)

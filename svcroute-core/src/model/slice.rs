@@ -92,12 +92,18 @@ pub struct EndpointInfo {
 impl EndpointInfo {
     /// `hints.forZones` (empty when unset).
     pub fn zone_hints(&self) -> &[Arc<str>] {
-        self.topology.as_deref().map(|t| &*t.zone_hints).unwrap_or_default()
+        self.topology
+            .as_deref()
+            .map(|t| &*t.zone_hints)
+            .unwrap_or_default()
     }
 
     /// `hints.forNodes` (empty when unset).
     pub fn node_hints(&self) -> &[Arc<str>] {
-        self.topology.as_deref().map(|t| &*t.node_hints).unwrap_or_default()
+        self.topology
+            .as_deref()
+            .map(|t| &*t.node_hints)
+            .unwrap_or_default()
     }
 
     /// `deprecatedTopology`, if the slice gives it.

@@ -50,7 +50,6 @@ pub struct State {
     dirty: HashSet<ServiceName>,
     /// Everything must be re-resolved (node labels or settings changed).
     all_dirty: bool,
-    config_changed: bool,
     desired: Desired,
     /// Keys seen since `Init`, per kind being re-listed.
     relisting: HashMap<Kind, HashSet<String>>,
@@ -67,7 +66,6 @@ impl State {
             store: Store::new(config.clone()),
             dirty: HashSet::new(),
             all_dirty: false,
-            config_changed: false,
             desired: Desired::new(config),
             relisting: HashMap::new(),
             listed: HashSet::new(),
@@ -83,7 +81,6 @@ impl State {
         }
         self.store.set_config(Arc::new(config));
         self.all_dirty = true;
-        self.config_changed = true;
         Ok(())
     }
 
@@ -183,13 +180,15 @@ impl State {
             self.dirty.drain().collect()
         };
         self.all_dirty = false;
+        // Settings changed and changed back before this call are no change.
+        let config_changed = self.desired.config() != self.store.config();
         self.desired.set_config(self.store.config_arc().clone());
         let node_labels = self.store.own_labels().clone();
         let mut changes = Vec::new();
         for name in names {
             self.resolve_into(&name, &node_labels, &mut changes);
         }
-        ChangeSet::new(changes, std::mem::take(&mut self.config_changed))
+        ChangeSet::new(changes, config_changed)
     }
 
     fn resolve_into(

@@ -319,6 +319,13 @@ fn settings_change_is_flagged_and_re_resolves() {
     assert!(cs.config_changed());
     assert!(!cs.is_empty());
     assert!(st.desired().config().masquerade_all);
+    // Changed and changed back before the sync: nothing to do.
+    let original = st.config().clone();
+    let mut other = original.clone();
+    other.masquerade_bit = 5;
+    st.set_config(other).unwrap();
+    st.set_config(original).unwrap();
+    assert!(st.take_changes().is_empty());
     let mut bad = st.config().clone();
     bad.masquerade_bit = 40;
     assert_eq!(st.set_config(bad).unwrap_err().field, "masqueradeBit");
