@@ -23,14 +23,6 @@ use svcroute_core::model::api;
 use svcroute_core::model::{LABEL_HOSTNAME, LABEL_SERVICE_NAME, LABEL_ZONE};
 use svcroute_core::watch::{Event, WatchEvent};
 
-fn meta(namespace: Option<&str>, name: &str) -> api::ObjectMeta {
-    api::ObjectMeta {
-        name: Some(name.to_string()),
-        namespace: namespace.map(str::to_string),
-        ..api::ObjectMeta::default()
-    }
-}
-
 /// Builds a `v1/Service`.
 #[derive(Debug, Clone)]
 pub struct ServiceBuilder {
@@ -42,7 +34,7 @@ impl ServiceBuilder {
     pub fn new(namespace: &str, name: &str) -> Self {
         ServiceBuilder {
             svc: api::Service {
-                metadata: meta(Some(namespace), name),
+                metadata: api::ObjectMeta::named(Some(namespace), name),
                 ..api::Service::default()
             },
         }
@@ -346,7 +338,7 @@ pub struct SliceBuilder {
 impl SliceBuilder {
     /// A slice of `address_type` (`IPv4`, `IPv6` or `FQDN`) labelled as belonging to `service`.
     pub fn new(namespace: &str, name: &str, service: &str, address_type: &str) -> Self {
-        let mut metadata = meta(Some(namespace), name);
+        let mut metadata = api::ObjectMeta::named(Some(namespace), name);
         metadata
             .labels
             .insert(LABEL_SERVICE_NAME.to_string(), service.to_string());
@@ -414,7 +406,7 @@ pub struct NodeBuilder {
 
 /// A Node named `name`, labelled with its host name.
 pub fn node(name: &str) -> NodeBuilder {
-    let mut metadata = meta(None, name);
+    let mut metadata = api::ObjectMeta::named(None, name);
     metadata
         .labels
         .insert(LABEL_HOSTNAME.to_string(), name.to_string());

@@ -109,14 +109,6 @@ pub fn slice_name(i: usize, family: Option<IpFamily>, k: usize) -> String {
     format!("svc{i}-{}-{k}", family_tag(family))
 }
 
-fn meta(namespace: Option<&str>, name: &str) -> api::ObjectMeta {
-    api::ObjectMeta {
-        name: Some(name.to_string()),
-        namespace: namespace.map(str::to_string),
-        ..api::ObjectMeta::default()
-    }
-}
-
 /// A generated cluster: the proxy's settings and the objects describing the cluster.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -258,7 +250,7 @@ pub fn node_named(name: &'static str) -> BoxedStrategy<api::Node> {
         option::weighted(0.5, select(vec!["r1", "r2"])),
     )
         .prop_map(move |(zone, rack)| {
-            let mut metadata = meta(None, name);
+            let mut metadata = api::ObjectMeta::named(None, name);
             metadata
                 .labels
                 .insert(LABEL_HOSTNAME.to_string(), name.to_string());
@@ -500,7 +492,7 @@ pub fn service(i: usize) -> BoxedStrategy<api::Service> {
                 spec.topology_keys = keys.iter().map(|k| k.to_string()).collect();
             }
             spec.traffic_distribution = distribution.map(str::to_string);
-            let mut metadata = meta(Some(namespace(i)), &service_name(i));
+            let mut metadata = api::ObjectMeta::named(Some(namespace(i)), &service_name(i));
             if other_proxy {
                 metadata.labels.insert(
                     LABEL_SERVICE_PROXY_NAME.to_string(),
@@ -555,7 +547,7 @@ pub fn conflicting_service() -> BoxedStrategy<api::Service> {
 /// Only the metadata of Service index `i`: enough to delete it.
 pub fn service_stub(i: usize) -> api::Service {
     api::Service {
-        metadata: meta(Some(namespace(i)), &service_name(i)),
+        metadata: api::ObjectMeta::named(Some(namespace(i)), &service_name(i)),
         ..api::Service::default()
     }
 }
@@ -779,7 +771,8 @@ pub fn slice_for(
             )
         })
         .prop_map(move |(family, headless, moved, ports, endpoints)| {
-            let mut metadata = meta(Some(namespace(i)), &slice_name(i, family, k));
+            let mut metadata =
+                api::ObjectMeta::named(Some(namespace(i)), &slice_name(i, family, k));
             // Sometimes the slice belongs to another Service of the same namespace, so an
             // update of the same slice moves it between Services.
             let owner = if moved { (i + 2) % MAX_SERVICES } else { i };
@@ -818,7 +811,7 @@ pub fn any_slice() -> BoxedStrategy<api::EndpointSlice> {
 /// Only the metadata of a slice: enough to delete it.
 pub fn slice_stub(i: usize, family: Option<IpFamily>, k: usize) -> api::EndpointSlice {
     api::EndpointSlice {
-        metadata: meta(Some(namespace(i)), &slice_name(i, family, k)),
+        metadata: api::ObjectMeta::named(Some(namespace(i)), &slice_name(i, family, k)),
         ..api::EndpointSlice::default()
     }
 }
@@ -1003,7 +996,7 @@ pub fn object_change() -> BoxedStrategy<WatchEvent> {
         1 => (0..MAX_SERVICES, family, 0..MAX_SLICES_PER_SERVICE)
             .prop_map(|(i, f, k)| WatchEvent::from(Event::Delete(slice_stub(i, f, k)))),
         1 => any_node().prop_map(|n| WatchEvent::from(Event::Apply(n))),
-        1 => select(NODES.to_vec()).prop_map(|n| WatchEvent::from(Event::Delete(api::Node { metadata: meta(None, n) }))),
+        1 => select(NODES.to_vec()).prop_map(|n| WatchEvent::from(Event::Delete(api::Node { metadata: api::ObjectMeta::named(None, n) }))),
     ]
     .boxed()
 }

@@ -18,7 +18,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::change::Desired;
-use crate::model::{IpFamily, Protocol, ProxyConfig, TrafficPolicy};
+use crate::model::{IpFamily, Protocol, ProxyConfig};
+use crate::select::masquerade::{ExternalPath, InternalMasquerade};
 use crate::select::{FamilyRouting, NoEndpointVerdict, ResolvedServicePort};
 
 /// A packet as it arrives at the node (or leaves a local process).
@@ -359,24 +360,14 @@ fn route(
     }
     let src = packet.source;
     let (endpoints, masquerade) = match path {
-        Path::Internal => {
-            let masq = config.masquerade_all
-                || (config.has_local_detector() && !config.is_pod_source(src));
-            (fam.internal_endpoints(port.internal_traffic_policy), masq)
+        Path::Internal => (
+            fam.internal_endpoints(port.internal_traffic_policy),
+            InternalMasquerade::for_config(config).applies(src),
+        ),
+        Path::External => {
+            let ext = ExternalPath::for_source(config, port.external_traffic_policy, src);
+            (fam.internal_endpoints(ext.endpoints), ext.masquerade)
         }
-        Path::External => match port.external_traffic_policy {
-            TrafficPolicy::Cluster => (fam.cluster(), true),
-            TrafficPolicy::Local => {
-                if config.has_local_detector() && config.is_pod_source(src) {
-                    // Pod traffic short-circuits to the cluster set, keeping its source.
-                    (fam.cluster(), false)
-                } else if config.is_node_address(src) {
-                    (fam.cluster(), true)
-                } else {
-                    (fam.internal_endpoints(TrafficPolicy::Local), false)
-                }
-            }
-        },
     };
     if endpoints.is_empty() {
         return Decision::simple(match fam.when_empty() {

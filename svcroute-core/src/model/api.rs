@@ -45,6 +45,17 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl ObjectMeta {
+    /// Metadata carrying only a name (and a namespace, for namespaced objects).
+    pub fn named(namespace: Option<&str>, name: &str) -> Self {
+        ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: namespace.map(str::to_string),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
 /// A `v1/Service`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

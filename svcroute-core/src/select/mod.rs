@@ -2,9 +2,11 @@
 //!
 //! This is made once, here; backends never re-derive policy. A [`ResolvedServicePort`] carries,
 //! for each IP family the Service has a ClusterIP in (upstream runs one proxier per family),
-//! a [`FamilyRouting`] with its frontends and its categorised endpoints.
+//! a [`FamilyRouting`] with its frontends and its categorised endpoints; [`masquerade`] says
+//! which traffic is masqueraded.
 
 pub mod categorize;
+pub mod masquerade;
 
 use std::collections::BTreeMap;
 use std::fmt;
