@@ -1,7 +1,7 @@
 //! What changed since the last sync ([`ChangeSet`]) and the full read-only view ([`Desired`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::model::{IpFamily, Protocol, ProxyConfig, ServiceName};
@@ -72,15 +72,6 @@ impl Desired {
         self.ports.is_empty()
     }
 
-    /// Every ClusterIP in use, per family (for REJECT of undefined ports and the service-CIDR
-    /// DROP of unallocated addresses).
-    pub fn cluster_ips(&self, family: IpFamily) -> BTreeSet<IpAddr> {
-        self.ports
-            .values()
-            .filter_map(|p| p.family(family).map(|f| f.cluster_ip))
-            .collect()
-    }
-
     pub(crate) fn insert(
         &mut self,
         port: Arc<ResolvedServicePort>,
@@ -109,11 +100,6 @@ pub struct Change {
 }
 
 impl Change {
-    /// Whether the port was removed.
-    pub fn is_removal(&self) -> bool {
-        self.current.is_none()
-    }
-
     /// Endpoints of `family` reachable before and not any more: their conntrack entries are
     /// stale (what UDP cleanup needs).
     pub fn removed_endpoints(&self, family: IpFamily) -> Vec<SocketAddr> {

@@ -361,12 +361,12 @@ fn route(
     let src = packet.source;
     let (endpoints, masquerade) = match path {
         Path::Internal => (
-            fam.internal_endpoints(port.internal_traffic_policy),
+            fam.endpoints(port.internal_traffic_policy),
             InternalMasquerade::for_config(config).applies(src),
         ),
         Path::External => {
             let ext = ExternalPath::for_source(config, port.external_traffic_policy, src);
-            (fam.internal_endpoints(ext.endpoints), ext.masquerade)
+            (fam.endpoints(ext.endpoints), ext.masquerade)
         }
     };
     if endpoints.is_empty() {

@@ -87,19 +87,15 @@ pub struct FamilyRouting {
 }
 
 impl FamilyRouting {
-    /// Endpoints internal (ClusterIP) traffic goes to, per `internalTrafficPolicy`.
-    pub fn internal_endpoints(&self, policy: TrafficPolicy) -> &[SocketAddr] {
+    /// The endpoints traffic under `policy` goes to (empty when the policy is unused). Which
+    /// policy applies depends on the path: `internalTrafficPolicy` for ClusterIP traffic,
+    /// [`masquerade::ExternalPath`] for external traffic.
+    pub fn endpoints(&self, policy: TrafficPolicy) -> &[SocketAddr] {
         let set = match policy {
             TrafficPolicy::Cluster => &self.cluster_endpoints,
             TrafficPolicy::Local => &self.local_endpoints,
         };
         set.as_deref().unwrap_or_default()
-    }
-
-    /// Endpoints external traffic (NodePort, externalIP, LB IP) from a non-local source goes to,
-    /// per `externalTrafficPolicy`.
-    pub fn external_endpoints(&self, policy: TrafficPolicy) -> &[SocketAddr] {
-        self.internal_endpoints(policy)
     }
 
     /// Cluster-policy endpoints (empty when unused).
@@ -156,11 +152,6 @@ impl ResolvedServicePort {
     /// The routing of one family, if the service has it.
     pub fn family(&self, family: IpFamily) -> Option<&FamilyRouting> {
         self.families.iter().find(|f| f.family == family)
-    }
-
-    /// Key used to order and find the port.
-    pub fn key(&self) -> &ServicePortName {
-        &self.name
     }
 }
 

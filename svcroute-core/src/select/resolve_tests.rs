@@ -352,7 +352,7 @@ fn external_accessibility_decides_whether_etp_local_is_used() {
         Some(&sa(&["10.0.0.1:8080"])[..])
     );
     assert_eq!(
-        f.external_endpoints(TrafficPolicy::Local),
+        f.endpoints(TrafficPolicy::Local),
         &sa(&["10.0.0.1:8080"])[..]
     );
 
@@ -366,7 +366,7 @@ fn external_accessibility_decides_whether_etp_local_is_used() {
     let f = got[0].family(IpFamily::IPv4).unwrap();
     assert_eq!(f.cluster_endpoints, None);
     assert_eq!(
-        f.internal_endpoints(TrafficPolicy::Local),
+        f.endpoints(TrafficPolicy::Local),
         &sa(&["10.0.0.1:8080"])[..]
     );
 }

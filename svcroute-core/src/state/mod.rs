@@ -9,7 +9,7 @@
 mod frontends;
 mod store;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::change::{Change, ChangeSet, Desired};
@@ -183,63 +183,11 @@ impl State {
         // Settings changed and changed back before this call are no change.
         let config_changed = self.desired.config() != self.store.config();
         self.desired.set_config(self.store.config_arc().clone());
-        let node_labels = self.store.own_labels().clone();
         let mut changes = Vec::new();
         for name in names {
-            self.resolve_into(&name, &node_labels, &mut changes);
+            resolve_into(&self.store, &mut self.desired, &name, &mut changes);
         }
         ChangeSet::new(changes, config_changed)
-    }
-
-    fn resolve_into(
-        &mut self,
-        name: &ServiceName,
-        node_labels: &BTreeMap<String, String>,
-        changes: &mut Vec<Change>,
-    ) {
-        let new_ports = match self.store.service(name) {
-            Some(svc) => {
-                let slices = self.store.slices_of(name);
-                let cx = SelectContext {
-                    config: self.store.config(),
-                    node_labels,
-                    nodes: self.store.node_labels(),
-                };
-                resolve_service(svc, &slices, &cx)
-            }
-            None => Vec::new(),
-        };
-        let old_names: Vec<ServicePortName> = self
-            .desired
-            .ports_of_service(name)
-            .map(|p| p.name.clone())
-            .collect();
-        let mut new_names = Vec::with_capacity(new_ports.len());
-        for port in new_ports {
-            new_names.push(port.name.clone());
-            let previous = self.desired.port(&port.name);
-            if previous.is_some_and(|p| **p == port) {
-                continue;
-            }
-            let current = Arc::new(port);
-            let previous = self.desired.insert(current.clone());
-            changes.push(Change {
-                name: current.name.clone(),
-                previous,
-                current: Some(current),
-            });
-        }
-        for old in old_names {
-            if !new_names.contains(&old)
-                && let Some(previous) = self.desired.remove(&old)
-            {
-                changes.push(Change {
-                    name: old,
-                    previous: Some(previous),
-                    current: None,
-                });
-            }
-        }
     }
 
     /// The full desired routing as of the last `take_changes`.
@@ -257,6 +205,57 @@ impl State {
         let mut s = self.store.stats();
         s.service_ports = self.desired.len();
         s
+    }
+}
+
+/// Re-resolves one Service and records how its ports differ from `desired`, updating it.
+fn resolve_into(
+    store: &Store,
+    desired: &mut Desired,
+    name: &ServiceName,
+    changes: &mut Vec<Change>,
+) {
+    let new_ports = match store.service(name) {
+        Some(svc) => {
+            let slices = store.slices_of(name);
+            let cx = SelectContext {
+                config: store.config(),
+                node_labels: store.own_labels(),
+                nodes: store.node_labels(),
+            };
+            resolve_service(svc, &slices, &cx)
+        }
+        None => Vec::new(),
+    };
+    let old_names: Vec<ServicePortName> = desired
+        .ports_of_service(name)
+        .map(|p| p.name.clone())
+        .collect();
+    let mut new_names = Vec::with_capacity(new_ports.len());
+    for port in new_ports {
+        new_names.push(port.name.clone());
+        let previous = desired.port(&port.name);
+        if previous.is_some_and(|p| **p == port) {
+            continue;
+        }
+        let current = Arc::new(port);
+        let previous = desired.insert(current.clone());
+        changes.push(Change {
+            name: current.name.clone(),
+            previous,
+            current: Some(current),
+        });
+    }
+    for old in old_names {
+        if !new_names.contains(&old)
+            && let Some(previous) = desired.remove(&old)
+        {
+            changes.push(Change {
+                name: old,
+                previous: Some(previous),
+                current: None,
+            });
+        }
     }
 }
 

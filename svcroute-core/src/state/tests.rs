@@ -150,6 +150,15 @@ fn conflicting_frontend_is_rejected_until_released() {
         .unwrap_err();
     assert!(matches!(err.problem, Problem::Conflict { .. }), "{err}");
     assert_eq!(err.field, "spec.clusterIPs[0]");
+    let frontend = Frontend::Address {
+        ip: "10.96.0.1".parse().unwrap(),
+        port: 53,
+        protocol: Protocol::Udp,
+    };
+    assert_eq!(
+        st.frontend_owner(&frontend),
+        Some(&ServiceName::new("ns", "a"))
+    );
     // Same address on another port is fine.
     st.apply(Event::Apply(svc("c", "10.96.0.1", 54))).unwrap();
     // Once a releases it, b may take it.
@@ -355,4 +364,20 @@ fn decisions_follow_the_state() {
         Verdict::Reject,
         "undefined port on a ClusterIP"
     );
+}
+
+#[test]
+fn going_from_no_endpoint_to_some_is_flagged_for_conntrack_flush() {
+    let mut st = state();
+    st.apply(Event::Apply(svc("a", "10.96.0.1", 53))).unwrap();
+    st.take_changes();
+    st.apply(Event::Apply(eps("a", "a-1", &["10.244.1.1"])))
+        .unwrap();
+    let cs = st.take_changes();
+    assert!(cs.changes()[0].became_active(IpFamily::IPv4));
+    assert!(
+        !cs.changes()[0].became_active(IpFamily::IPv6),
+        "no IPv6 family"
+    );
+    assert!(cs.stale_udp_endpoints(IpFamily::IPv4).is_empty());
 }
