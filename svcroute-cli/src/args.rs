@@ -38,7 +38,7 @@ INPUT
 EXIT STATUS
   0  success (invalid objects are reported but tolerated unless --strict)
   1  --strict and an object was rejected; `trace --backend all` found backends disagreeing;
-     a packet could not be traced
+     a packet could not be traced; `apply` or `cleanup` could not read or program the kernel
   2  invalid command line, settings or config file; unreadable or unparseable input";
 
 /// `svcroute`: plan and trace Kubernetes Service routing for one node.
@@ -46,11 +46,13 @@ EXIT STATUS
 #[command(
     name = "svcroute",
     version,
-    about = "Plan and trace Kubernetes Service routing for one node, from kubectl output.",
-    long_about = "Plan and trace Kubernetes Service routing for one node, from kubectl output.\n\n\
+    about = "Plan, trace and program Kubernetes Service routing for one node, from kubectl output.",
+    long_about = "Plan, trace and program Kubernetes Service routing for one node, from kubectl \
+        output.\n\n\
         Reads Services, EndpointSlices and Nodes (-f), resolves them exactly as kube-proxy \
-        would on the node described by the node settings, and prints either the routing of \
-        every service port (`plan`) or the fate of given packets (`trace`).",
+        would on the node described by the node settings, and prints the routing of every \
+        service port (`plan`), the fate of given packets (`trace`) or the rules a dataplane \
+        backend writes (`render`); `apply` and `cleanup` program this node's kernel.",
     after_long_help = CONFIG_HELP
 )]
 pub struct Cli {
@@ -69,7 +71,7 @@ pub struct GlobalArgs {
     /// `-` reads stdin. Repeatable.
     #[arg(short = 'f', long = "filename", value_name = "FILE", global = true)]
     pub files: Vec<PathBuf>,
-    /// Exit with status 1 if any object was rejected.
+    /// Exit with status 1 if any object was rejected (`apply` then writes nothing).
     #[arg(long, global = true)]
     pub strict: bool,
     /// Output format.
@@ -142,7 +144,8 @@ pub struct NodeArgs {
 pub enum OutputFormat {
     /// Human-readable.
     Text,
-    /// JSON (plan: one list; trace: one object per packet, one per line).
+    /// JSON (plan, render: one list; trace: one object per packet, one per line; apply,
+    /// cleanup: one object).
     Json,
 }
 
@@ -153,6 +156,66 @@ pub enum Command {
     Plan,
     /// Explain what happens to packets arriving at this node.
     Trace(TraceArgs),
+    /// Print what a dataplane backend writes for the objects into a kernel holding none of its
+    /// rules (touches no kernel).
+    Render(RenderArgs),
+    /// Program this node's kernel with the objects' routing (needs root).
+    Apply(ApplyArgs),
+    /// Remove everything svcroute (or kube-proxy in the same mode) programmed from this node's
+    /// kernel (needs root; reads no objects).
+    Cleanup(CleanupArgs),
+}
+
+/// A dataplane backend that writes rules (`render`, `apply`, `cleanup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RulesBackend {
+    /// kube-proxy's iptables chains, written with `iptables-restore --noflush`.
+    Iptables,
+}
+
+/// `--iptables-mode`: which iptables tools read and program the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum IptablesModeArg {
+    /// The flavour of the system's `iptables` (`iptables --version`), as kube-proxy picks it.
+    #[default]
+    Auto,
+    /// iptables over nf_tables (`iptables-nft-restore`, ...).
+    Nft,
+    /// The legacy x_tables interface (`iptables-legacy-restore`, ...).
+    Legacy,
+}
+
+/// `svcroute render`.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Whose rules to print.
+    #[arg(long, value_enum)]
+    pub backend: RulesBackend,
+}
+
+/// `svcroute apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Which backend programs the kernel.
+    #[arg(long, value_enum)]
+    pub backend: RulesBackend,
+    /// Print what would be written (read from the kernel's current rules) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Which iptables tools program the kernel.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = IptablesModeArg::Auto)]
+    pub iptables_mode: IptablesModeArg,
+}
+
+/// `svcroute cleanup`.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Whose rules to remove.
+    #[arg(long, value_enum)]
+    pub backend: RulesBackend,
+    /// Which iptables tools program the kernel.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = IptablesModeArg::Auto)]
+    pub iptables_mode: IptablesModeArg,
 }
 
 /// `svcroute trace`.
@@ -170,8 +233,17 @@ pub struct TraceArgs {
     /// comments and blank lines are skipped.
     #[arg(long, value_name = "FILE|-", conflicts_with_all = ["from", "to"])]
     pub packets: Option<PathBuf>,
-    /// Which backend traces: the core's reference decision, a dataplane after a full sync, or
-    /// all of them side by side (exit status 1 when they disagree).
+    /// Which backend traces: the core's reference decision, a dataplane after a full sync
+    /// (on a fake kernel: nothing is touched), or all of them side by side (exit status 1 when
+    /// they disagree).
     #[arg(long, value_enum, default_value_t = BackendChoice::Reference)]
     pub backend: BackendChoice,
+    /// Trace through the rules this node's kernel holds now (`iptables-save`; needs
+    /// `--backend iptables` and root). Objects (-f) are then optional: they only name the
+    /// service a packet is addressed to; the node settings still give the node IPs.
+    #[arg(long)]
+    pub live: bool,
+    /// With --live: which iptables tools read the kernel (default auto).
+    #[arg(long, value_enum, value_name = "MODE", requires = "live")]
+    pub iptables_mode: Option<IptablesModeArg>,
 }

@@ -4,6 +4,9 @@
 //! - `memory`: the conformance crate's in-memory `MemoryDataplane`, programmed by
 //!   `sync_full(desired)` and then traced through what it programmed
 //!   ([`Dataplane::trace`]).
+//! - `iptables`: the `svcroute-iptables` dataplane on its in-memory `FakeKernel`, the same
+//!   way; nothing touches this node's kernel. `trace --live` instead traces the rules this
+//!   node's kernel holds ([`crate::live`]).
 //!
 //! Adding a backend is one variant in [`BackendKind`] (with its name) and one arm in [`open`];
 //! any [`Dataplane`] is programmed and traced through [`programmed`].
@@ -12,6 +15,8 @@ use clap::ValueEnum;
 use svcroute_conformance::memory::MemoryDataplane;
 use svcroute_core::dataplane::Dataplane;
 use svcroute_core::{Decision, Desired, Packet, TraceError, decide};
+use svcroute_iptables::{FakeKernel, IptablesDataplane};
+use thiserror::Error;
 
 use crate::error::CliError;
 
@@ -22,6 +27,9 @@ pub enum BackendChoice {
     Reference,
     /// The in-memory dataplane after a full sync.
     Memory,
+    /// The iptables dataplane after a full sync into a fake kernel (with --live: the rules
+    /// this node's kernel holds).
+    Iptables,
     /// Every backend, compared.
     All,
 }
@@ -32,6 +40,7 @@ impl BackendChoice {
         match self {
             BackendChoice::Reference => vec![BackendKind::Reference],
             BackendChoice::Memory => vec![BackendKind::Memory],
+            BackendChoice::Iptables => vec![BackendKind::Iptables],
             BackendChoice::All => BackendKind::ALL.to_vec(),
         }
     }
@@ -44,25 +53,43 @@ pub enum BackendKind {
     Reference,
     /// The conformance crate's in-memory dataplane.
     Memory,
+    /// kube-proxy's iptables chains.
+    Iptables,
 }
 
 impl BackendKind {
     /// Every backend, in display order.
-    pub const ALL: [BackendKind; 2] = [BackendKind::Reference, BackendKind::Memory];
+    pub const ALL: [BackendKind; 3] = [
+        BackendKind::Reference,
+        BackendKind::Memory,
+        BackendKind::Iptables,
+    ];
 
     /// The name `--backend` and the JSON output use.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Reference => "reference",
             BackendKind::Memory => "memory",
+            BackendKind::Iptables => "iptables",
         }
     }
+}
+
+/// Why a backend could not answer for a packet.
+#[derive(Debug, Clone, Error)]
+pub enum TraceFailure {
+    /// The backend's tracer failed on what it holds.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    /// The rules to trace could not be read (`trace --live`).
+    #[error("{0}")]
+    Rules(String),
 }
 
 /// Something that answers what happens to a packet.
 pub trait Tracer {
     /// The decision for `packet`.
-    fn trace(&self, packet: &Packet) -> Result<Decision, TraceError>;
+    fn trace(&self, packet: &Packet) -> Result<Decision, TraceFailure>;
 }
 
 /// An opened backend, ready to trace.
@@ -72,9 +99,14 @@ pub struct Backend<'a> {
     tracer: Box<dyn Tracer + 'a>,
 }
 
-impl Backend<'_> {
+impl<'a> Backend<'a> {
+    /// A backend answering through `tracer`.
+    pub fn new(kind: BackendKind, tracer: Box<dyn Tracer + 'a>) -> Self {
+        Backend { kind, tracer }
+    }
+
     /// The decision for `packet`.
-    pub fn trace(&self, packet: &Packet) -> Result<Decision, TraceError> {
+    pub fn trace(&self, packet: &Packet) -> Result<Decision, TraceFailure> {
         self.tracer.trace(packet)
     }
 }
@@ -84,15 +116,20 @@ pub fn open(kind: BackendKind, desired: &Desired) -> Result<Backend<'_>, CliErro
     let tracer: Box<dyn Tracer + '_> = match kind {
         BackendKind::Reference => Box::new(Reference(desired)),
         BackendKind::Memory => programmed(kind, Box::new(MemoryDataplane::new()), desired)?,
+        BackendKind::Iptables => programmed(
+            kind,
+            Box::new(IptablesDataplane::new(Box::new(FakeKernel::new()))),
+            desired,
+        )?,
     };
-    Ok(Backend { kind, tracer })
+    Ok(Backend::new(kind, tracer))
 }
 
 /// The core's reference decision.
 struct Reference<'a>(&'a Desired);
 
 impl Tracer for Reference<'_> {
-    fn trace(&self, packet: &Packet) -> Result<Decision, TraceError> {
+    fn trace(&self, packet: &Packet) -> Result<Decision, TraceFailure> {
         Ok(decide(self.0, packet))
     }
 }
@@ -101,9 +138,16 @@ impl Tracer for Reference<'_> {
 struct Programmed(Box<dyn Dataplane>);
 
 impl Tracer for Programmed {
-    fn trace(&self, packet: &Packet) -> Result<Decision, TraceError> {
-        self.0.trace(packet)
+    fn trace(&self, packet: &Packet) -> Result<Decision, TraceFailure> {
+        Ok(self.0.trace(packet)?)
     }
+}
+
+/// A single-threaded runtime for a backend's async calls.
+pub fn runtime(backend: &'static str) -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|source| CliError::Runtime { backend, source })
 }
 
 /// Programs `desired` into `dataplane` with a full sync, on a single-threaded runtime.
@@ -112,13 +156,7 @@ fn programmed(
     mut dataplane: Box<dyn Dataplane>,
     desired: &Desired,
 ) -> Result<Box<dyn Tracer>, CliError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(|source| CliError::Runtime {
-            backend: kind.name(),
-            source,
-        })?;
-    runtime
+    runtime(kind.name())?
         .block_on(dataplane.sync_full(desired))
         .map_err(|source| CliError::Backend {
             backend: kind.name(),
@@ -187,5 +225,18 @@ mod tests {
     #[test]
     fn all_means_every_backend() {
         assert_eq!(BackendChoice::All.kinds(), BackendKind::ALL);
+        assert_eq!(
+            BackendChoice::Iptables.kinds(),
+            [BackendKind::Iptables],
+            "one variant per backend"
+        );
+    }
+
+    #[test]
+    fn the_iptables_backend_traces_its_fake_kernel() {
+        let desired = Desired::new(Arc::new(ProxyConfig::default()));
+        let backend = open(BackendKind::Iptables, &desired).unwrap();
+        let packet: Packet = "10.0.0.1 10.96.0.1:80/tcp".parse().unwrap();
+        assert_eq!(backend.trace(&packet).unwrap().verdict.name(), "no-match");
     }
 }

@@ -73,19 +73,58 @@ pub enum CliError {
         #[source]
         source: io::Error,
     },
+    /// This node's kernel could not be read or programmed (`apply`, `cleanup`), or its
+    /// iptables flavour could not be told (`--iptables-mode auto`).
+    #[error("{action}: {source}{hint}")]
+    Kernel {
+        /// What svcroute was doing (`apply --backend iptables`).
+        action: &'static str,
+        /// The backend's or tool's error (it quotes the tool's stderr).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+        /// A likely cure, or empty ([`kernel_hint`]).
+        hint: &'static str,
+    },
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
     Output(#[source] io::Error),
+}
+
+/// A likely cure for a kernel tool failure, from its message: ` (run as root ...)` when the
+/// tool was denied, ` (is iptables installed?)` when it was not found; otherwise empty.
+pub fn kernel_hint(message: &str) -> &'static str {
+    let message = message.to_lowercase();
+    if message.contains("permission denied") || message.contains("must be root") {
+        " (run svcroute as root: reading and writing iptables rules needs CAP_NET_ADMIN)"
+    } else if message.contains("no such file or directory") {
+        " (is iptables installed?)"
+    } else {
+        ""
+    }
 }
 
 impl CliError {
     /// The process exit status this error maps to.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Backend { .. } | CliError::Runtime { .. } | CliError::Output(_) => {
-                EXIT_PROBLEMS
-            }
+            CliError::Backend { .. }
+            | CliError::Runtime { .. }
+            | CliError::Kernel { .. }
+            | CliError::Output(_) => EXIT_PROBLEMS,
             _ => EXIT_USAGE,
+        }
+    }
+
+    /// A kernel failure while doing `action`, with its [`kernel_hint`].
+    pub fn kernel(
+        action: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let hint = kernel_hint(&source.to_string());
+        CliError::Kernel {
+            action,
+            source: Box::new(source),
+            hint,
         }
     }
 
@@ -100,5 +139,32 @@ impl From<io::Error> for CliError {
     /// Only output errors are converted implicitly; reads name their file.
     fn from(e: io::Error) -> Self {
         CliError::Output(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_errors_suggest_a_cure() {
+        let denied = io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "iptables-save v1.8.9 (nf_tables): Could not fetch rule set generation id: \
+             Permission denied (you must be root)",
+        );
+        let e = CliError::kernel("apply --backend iptables", denied);
+        assert_eq!(e.exit_code(), EXIT_PROBLEMS);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("apply --backend iptables: iptables-save"),
+            "{text}"
+        );
+        assert!(text.ends_with("needs CAP_NET_ADMIN)"), "{text}");
+        assert_eq!(kernel_hint("iptables-restore: line 3 failed"), "");
+        assert_eq!(
+            kernel_hint("iptables-nft-save: No such file or directory (os error 2)"),
+            " (is iptables installed?)"
+        );
     }
 }

@@ -1,25 +1,33 @@
-//! `svcroute`: plan and trace Kubernetes Service routing for one node, from objects as
-//! `kubectl get -o yaml|json` prints them.
+//! `svcroute`: plan, trace and program Kubernetes Service routing for one node, from objects
+//! as `kubectl get -o yaml|json` prints them.
 //!
 //! ```text
 //! svcroute --config examples/node.yaml plan -f examples/cluster.yaml
 //! svcroute --config examples/node.yaml trace -f examples/cluster.yaml --from 10.244.1.5 --to 10.96.0.100:80
 //! svcroute --config examples/node.yaml trace -f examples/cluster.yaml --packets examples/packets.txt -o json
+//! svcroute --config examples/node.yaml render --backend iptables -f examples/cluster.yaml
+//! svcroute --config examples/node.yaml apply --backend iptables -f examples/cluster.yaml
+//! svcroute --config examples/node.yaml trace --backend iptables --live --packets examples/packets.txt
+//! svcroute cleanup --backend iptables
 //! ```
 //!
 //! Flow: [`args`] (command line) → [`settings`] (flags + `--config` → `ProxyConfig`) →
-//! [`input`] (files → API objects) → [`cluster`] (objects → core `State`) → [`plan`] or
-//! [`trace`] (through a [`backend`]) → stdout; warnings and rejected objects go to stderr.
+//! [`input`] (files → API objects) → [`cluster`] (objects → core `State`) → [`plan`],
+//! [`trace`] (through a [`backend`], or the [`live`] rules), [`render`] or [`apply`] → stdout;
+//! warnings and rejected objects go to stderr.
 
 #![forbid(unsafe_code)]
 
+mod apply;
 mod args;
 mod backend;
 mod cluster;
 mod error;
 mod input;
+mod live;
 mod output;
 mod plan;
+mod render;
 mod settings;
 mod trace;
 
@@ -28,10 +36,14 @@ use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
+use svcroute_core::model::ProxyConfig;
 use svcroute_core::{Desired, Packet};
 
-use args::{Cli, Command, OutputFormat, TraceArgs};
+use args::{Cli, Command, GlobalArgs, OutputFormat, TraceArgs};
+use backend::BackendChoice;
+use cluster::Cluster;
 use error::{CliError, EXIT_PROBLEMS};
+use input::Loaded;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -49,24 +61,10 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> Result<u8, CliError> {
     let global = &cli.global;
     let config = settings::resolve(&global.node)?;
-    if global.files.is_empty() {
-        return Err(CliError::Usage(
-            "no input: give objects with -f FILE (a directory, or - for stdin)".into(),
-        ));
-    }
-    if let Command::Trace(TraceArgs {
-        packets: Some(p), ..
-    }) = &cli.command
-        && p.as_os_str() == "-"
-        && global.files.iter().any(|f| f.as_os_str() == "-")
-    {
-        return Err(CliError::Usage(
-            "stdin cannot hold both objects (-f -) and packets (--packets -)".into(),
-        ));
-    }
-    let loaded = input::load(&global.files)?;
-    let cluster = cluster::build(config, loaded, &mut io::stderr())?;
+    check_usage(cli)?;
+    let cluster = load(global, &cli.command, config)?;
     let desired = cluster.state.desired();
+    let refused = global.strict && cluster.rejected > 0;
 
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -82,17 +80,70 @@ fn run(cli: &Cli) -> Result<u8, CliError> {
         Command::Trace(args) => {
             status = run_trace(&mut out, global.output, desired, args)?;
         }
+        Command::Render(args) => {
+            render::write(
+                &mut out,
+                global.output,
+                &render::render(args.backend, desired),
+            )?;
+        }
+        // --strict with rejected objects: nothing is written (reported below).
+        Command::Apply(args) if refused && !args.dry_run => {}
+        Command::Apply(args) => apply::apply(&mut out, global.output, desired, args)?,
+        Command::Cleanup(args) => apply::cleanup(&mut out, global.output, args)?,
     }
     out.flush()?;
-    if global.strict && cluster.rejected > 0 {
+    if refused {
+        let nothing = match &cli.command {
+            Command::Apply(args) if !args.dry_run => ": nothing applied",
+            _ => "",
+        };
         let _ = writeln!(
             io::stderr(),
-            "error: {} object(s) rejected (--strict)",
+            "error: {} object(s) rejected (--strict){nothing}",
             cluster.rejected
         );
         status = EXIT_PROBLEMS;
     }
     Ok(status)
+}
+
+/// Usage errors clap cannot see.
+fn check_usage(cli: &Cli) -> Result<(), CliError> {
+    let Command::Trace(args) = &cli.command else {
+        return Ok(());
+    };
+    if args.live && args.backend != BackendChoice::Iptables {
+        return Err(CliError::Usage(
+            "--live traces the rules this node's kernel holds: it needs --backend iptables".into(),
+        ));
+    }
+    if let Some(p) = &args.packets
+        && p.as_os_str() == "-"
+        && cli.global.files.iter().any(|f| f.as_os_str() == "-")
+    {
+        return Err(CliError::Usage(
+            "stdin cannot hold both objects (-f -) and packets (--packets -)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The state of the objects given with -f. `cleanup` reads none, and `trace --live` may be
+/// given none (the live rules are the truth): they get an empty state, without warnings.
+fn load(global: &GlobalArgs, command: &Command, config: ProxyConfig) -> Result<Cluster, CliError> {
+    let reads_objects = !matches!(command, Command::Cleanup(_));
+    let optional = matches!(command, Command::Trace(args) if args.live);
+    if !reads_objects || (optional && global.files.is_empty()) {
+        return cluster::build(config, Loaded::default(), &mut io::sink());
+    }
+    if global.files.is_empty() {
+        return Err(CliError::Usage(
+            "no input: give objects with -f FILE (a directory, or - for stdin)".into(),
+        ));
+    }
+    let loaded = input::load(&global.files)?;
+    cluster::build(config, loaded, &mut io::stderr())
 }
 
 /// `svcroute trace`; returns the exit status.
@@ -102,17 +153,21 @@ fn run_trace(
     desired: &Desired,
     args: &TraceArgs,
 ) -> Result<u8, CliError> {
-    let backends = args
-        .backend
-        .kinds()
-        .into_iter()
-        .map(|kind| backend::open(kind, desired))
-        .collect::<Result<Vec<_>, _>>()?;
+    let backends = if args.live {
+        let kernel = apply::system_kernel(args.iptables_mode.unwrap_or_default())?;
+        vec![live::open(kernel, desired.config())]
+    } else {
+        args.backend
+            .kinds()
+            .into_iter()
+            .map(|kind| backend::open(kind, desired))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let run = trace::TraceRun {
         format,
         desired,
         backends: &backends,
-        compare: args.backend == backend::BackendChoice::All,
+        compare: args.backend == BackendChoice::All,
     };
     let mut summary = trace::TraceSummary::default();
     let mut bad_lines = 0;

@@ -79,7 +79,7 @@ pub enum Outcome {
     },
 }
 
-/// The result of one packet with one backend (`--backend reference|memory`).
+/// The result of one packet with one backend (`--backend reference|memory|iptables`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SingleResult {
     /// The packet, as `SRC DST:PORT/proto`.

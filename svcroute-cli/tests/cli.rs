@@ -30,8 +30,16 @@ struct Run {
     stderr: String,
 }
 
+/// The built `svcroute` binary.
+const SVCROUTE: &str = env!("CARGO_BIN_EXE_svcroute");
+
 fn svcroute_with_stdin(args: &[&str], stdin: Option<&str>) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_svcroute"))
+    run_program(SVCROUTE, args, stdin)
+}
+
+/// Runs `program args` in the workspace root.
+fn run_program(program: &str, args: &[&str], stdin: Option<&str>) -> Run {
+    let mut child = Command::new(program)
         .args(args)
         .current_dir(root())
         .stdin(if stdin.is_some() {
@@ -508,10 +516,11 @@ fn backend_all_agrees_on_the_example() {
         let backends = v["backends"].as_object().unwrap();
         assert_eq!(
             backends.keys().collect::<Vec<_>>(),
-            ["memory", "reference"],
+            ["iptables", "memory", "reference"],
             "{v}"
         );
         assert_eq!(backends["memory"], backends["reference"], "{v}");
+        assert!(close(&backends["iptables"], &backends["reference"]), "{v}");
     }
     let text = svcroute(&[
         "--config",
@@ -535,6 +544,21 @@ fn backend_all_agrees_on_the_example() {
     );
     assert!(text.stdout.contains("\n  reference  DNAT to "));
     assert!(text.stdout.contains("\n  memory     DNAT to "));
+    assert!(text.stdout.contains("\n  iptables   DNAT to "));
+    // The text form agrees too (exit status 0).
+    let text = svcroute(&[
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--packets",
+        PACKETS,
+        "--backend",
+        "all",
+    ]);
+    assert_eq!(text.code, 0, "{}{}", text.stdout, text.stderr);
+    assert!(!text.stdout.contains("DISAGREE"), "{}", text.stdout);
 }
 
 #[test]
@@ -602,6 +626,453 @@ fn memory_backend_matches_the_reference() {
         "json",
     ]);
     assert_eq!(memory.stdout, reference.stdout);
+}
+
+/// Whether two JSON values are equal, numbers up to 1e-9 (iptables writes probabilities with
+/// 10 decimals).
+fn close(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-9
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| close(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| close(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Two `trace -o json` outputs give the same decisions, line by line.
+fn assert_same_decisions(left: &str, right: &str) {
+    let parse = |text: &str| -> Vec<Value> {
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (left, right) = (parse(left), parse(right));
+    assert_eq!(left.len(), right.len());
+    for (l, r) in left.iter().zip(&right) {
+        assert!(close(l, r), "\n{l}\n{r}");
+    }
+}
+
+#[test]
+fn iptables_backend_matches_the_reference() {
+    let trace = |backend: &str| {
+        let run = svcroute(&[
+            "--config",
+            NODE,
+            "trace",
+            "-f",
+            CLUSTER,
+            "--packets",
+            PACKETS,
+            "--backend",
+            backend,
+            "-o",
+            "json",
+        ]);
+        assert_eq!(run.code, 0, "{backend}: {}", run.stderr);
+        run.stdout
+    };
+    // iptables states probabilities with 10 decimals: equal up to that.
+    assert_same_decisions(&trace("iptables"), &trace("reference"));
+    // A few packets as text, each on its own.
+    for (from, to) in [
+        ("10.244.1.5", "10.96.100.10:80/tcp"),
+        ("203.0.113.99", "203.0.113.10:80/tcp"),
+        ("2001:db8::7", "[fd00:192:168:10::11]:30080/tcp"),
+        ("10.244.1.50", "10.96.0.10:53/udp"),
+    ] {
+        let one = |backend: &str| {
+            svcroute(&[
+                "--config",
+                NODE,
+                "trace",
+                "-f",
+                CLUSTER,
+                "--from",
+                from,
+                "--to",
+                to,
+                "--backend",
+                backend,
+            ])
+        };
+        let (iptables, reference) = (one("iptables"), one("reference"));
+        assert_eq!(iptables.code, 0, "{to}: {}", iptables.stderr);
+        assert_eq!(iptables.stdout, reference.stdout, "{from} {to}");
+    }
+}
+
+/// The payload of the bundled example, as the README's main command renders it.
+const GOLDEN: &str = "examples/golden/iptables.txt";
+
+#[test]
+fn render_iptables_matches_the_golden_payload() {
+    let run = svcroute(&[
+        "--config",
+        NODE,
+        "render",
+        "--backend",
+        "iptables",
+        "-f",
+        CLUSTER,
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stderr, "");
+    let path = root().join(GOLDEN);
+    if std::env::var_os("SVCROUTE_BLESS").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &run.stdout).unwrap();
+        eprintln!("blessed {GOLDEN}");
+    }
+    let golden = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{GOLDEN}: {e} (SVCROUTE_BLESS=1 writes it)"));
+    assert!(
+        run.stdout == golden,
+        "the rendered payload differs from {GOLDEN}; if the change is intended, re-run with \
+         SVCROUTE_BLESS=1 and review the diff"
+    );
+    // One section per family, each a restore payload of both tables.
+    assert!(golden.starts_with("# iptables-restore --noflush\n*filter\n"));
+    assert!(golden.contains("\n\n# ip6tables-restore --noflush\n*filter\n"));
+    assert_eq!(golden.matches("COMMIT\n").count(), 4);
+    // kube-dns keeps the chain name kube-proxy gives it.
+    assert!(golden.contains(":KUBE-SVC-TCOU7JCQXEZGVUNU - [0:0]"));
+}
+
+#[test]
+fn render_iptables_as_json() {
+    let render = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            NODE,
+            "render",
+            "--backend",
+            "iptables",
+            "-f",
+            CLUSTER,
+        ];
+        args.extend_from_slice(extra);
+        let run = svcroute(&args);
+        assert_eq!(run.code, 0, "{extra:?}: {}", run.stderr);
+        run.stdout
+    };
+    let list: Vec<Value> = serde_json::from_str(&render(&["-o", "json"])).unwrap();
+    assert_eq!(list.len(), 2);
+    let keys: Vec<(&str, &str)> = list
+        .iter()
+        .map(|p| (p["family"].as_str().unwrap(), p["tool"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        keys,
+        [("IPv4", "iptables-restore"), ("IPv6", "ip6tables-restore")]
+    );
+    // The text form is the same payloads, each after a comment naming its tool.
+    let text: Vec<String> = list
+        .iter()
+        .map(|p| {
+            format!(
+                "# {} --noflush\n{}",
+                p["tool"].as_str().unwrap(),
+                p["payload"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(text.join("\n"), render(&[]));
+    for p in &list {
+        let payload = p["payload"].as_str().unwrap();
+        assert!(payload.starts_with("*filter\n") && payload.ends_with("COMMIT\n"));
+        assert!(payload.contains("\n*nat\n"));
+        assert!(payload.contains("-j KUBE-SERVICES"));
+    }
+    assert!(
+        list[1]["payload"]
+            .as_str()
+            .unwrap()
+            .contains("fd00:10:96::c0a")
+    );
+
+    // Only the families the settings handle.
+    let v4: Vec<Value> =
+        serde_json::from_str(&render(&["-o", "json", "--ip-families", "IPv4"])).unwrap();
+    assert_eq!(v4.len(), 1);
+    assert_eq!(v4[0], list[0]);
+}
+
+#[test]
+fn kernel_commands_check_their_arguments() {
+    // --live reads the kernel's iptables rules: no other backend has them.
+    for backend in [None, Some("reference"), Some("memory"), Some("all")] {
+        let mut args = vec![
+            "--config",
+            NODE,
+            "trace",
+            "-f",
+            CLUSTER,
+            "--from",
+            "10.244.1.5",
+            "--to",
+            "10.96.100.10:80",
+            "--live",
+        ];
+        if let Some(b) = backend {
+            args.extend(["--backend", b]);
+        }
+        let run = svcroute(&args);
+        assert_eq!(run.code, 2, "{backend:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("--live") && run.stderr.contains("--backend iptables"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(run.stdout, "");
+    }
+    for bad in [
+        // --iptables-mode only means something with --live.
+        &[
+            "trace",
+            "-f",
+            CLUSTER,
+            "--from",
+            "10.0.0.1",
+            "--to",
+            "10.96.0.1:80",
+            "--backend",
+            "iptables",
+            "--iptables-mode",
+            "nft",
+        ][..],
+        &["render", "-f", CLUSTER], // --backend is required
+        &["render", "-f", CLUSTER, "--backend", "memory"], // no payload
+        &["render", "--backend", "iptables"], // no input
+        &["apply", "-f", CLUSTER],
+        &["apply", "--backend", "iptables"], // no input
+        &[
+            "apply",
+            "-f",
+            CLUSTER,
+            "--backend",
+            "iptables",
+            "--iptables-mode",
+            "xt",
+        ],
+        &["cleanup"],
+        // Objects are optional with --live only.
+        &[
+            "trace",
+            "--backend",
+            "iptables",
+            "--from",
+            "10.0.0.1",
+            "--to",
+            "10.96.0.1:80",
+        ],
+    ] {
+        let run = svcroute(bad);
+        assert_eq!(run.code, 2, "{bad:?}: {}", run.stderr);
+        assert!(run.stderr.starts_with("error"), "{bad:?}: {}", run.stderr);
+    }
+}
+
+/// Whether this process runs as root.
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A network namespace, deleted when dropped (whatever the test did).
+struct Netns(String);
+
+impl Netns {
+    /// Creates a namespace with a name no other run uses.
+    fn create() -> Result<Netns, String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let name = format!("svcroute-cli-{}-{nanos}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .map_err(|e| format!("ip netns add: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip netns add {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Netns(name))
+    }
+
+    /// Runs `program args` inside the namespace.
+    fn run(&self, program: &str, args: &[&str]) -> Run {
+        let mut full = vec!["netns", "exec", self.0.as_str(), program];
+        full.extend_from_slice(args);
+        run_program("ip", &full, None)
+    }
+
+    /// `iptables-save` and `ip6tables-save` inside the namespace, without their comment
+    /// lines (they hold the time).
+    fn saved(&self) -> String {
+        ["iptables-save", "ip6tables-save"]
+            .iter()
+            .map(|tool| {
+                let run = self.run(tool, &[]);
+                assert_eq!(run.code, 0, "{tool}: {}", run.stderr);
+                run.stdout
+                    .lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .map(|l| format!("{l}\n"))
+                    .collect::<String>()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+/// A test that needs root ran without it: say so loudly.
+fn skipped(test: &str, why: &str) {
+    eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+}
+
+#[test]
+fn apply_trace_live_and_cleanup_in_a_network_namespace() {
+    const TEST: &str = "apply_trace_live_and_cleanup_in_a_network_namespace";
+    if !is_root() {
+        skipped(
+            TEST,
+            "needs root (it programs iptables in a scratch network namespace)",
+        );
+        return;
+    }
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(e) => {
+            skipped(TEST, &format!("cannot create a network namespace: {e}"));
+            return;
+        }
+    };
+    let apply = [
+        "--config",
+        NODE,
+        "apply",
+        "--backend",
+        "iptables",
+        "-f",
+        CLUSTER,
+    ];
+
+    // --dry-run prints the payloads and writes nothing.
+    let mut dry = apply.to_vec();
+    dry.push("--dry-run");
+    let run = ns.run(SVCROUTE, &dry);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("# iptables-"), "{}", run.stdout);
+    assert!(run.stdout.contains("\n# ip6tables-"), "{}", run.stdout);
+    assert!(run.stdout.contains(":KUBE-SVC-TCOU7JCQXEZGVUNU - [0:0]"));
+    let untouched = ns.saved();
+    assert!(!untouched.contains("KUBE-"), "--dry-run wrote: {untouched}");
+
+    let run = ns.run(SVCROUTE, &apply);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("programmed 14 service port(s): 2 write(s)"),
+        "{}",
+        run.stdout
+    );
+    let applied = ns.saved();
+    assert!(applied.contains(":KUBE-SERVICES"), "{applied}");
+    assert!(applied.contains(":KUBE-SVC-TCOU7JCQXEZGVUNU"), "{applied}");
+    assert!(applied.contains("-A PREROUTING") && applied.contains("-j KUBE-SERVICES"));
+    assert!(applied.contains("fd00:10:96::c0a"), "IPv6 rules: {applied}");
+
+    // Applying again changes nothing.
+    let mut json = apply.to_vec();
+    json.extend(["-o", "json"]);
+    let run = ns.run(SVCROUTE, &json);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["action"], "apply");
+    assert_eq!(report["service_ports"], 14);
+    assert_eq!(ns.saved(), applied);
+
+    // The live rules trace like the rules rendered for the same objects.
+    let trace = [
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--packets",
+        PACKETS,
+        "--backend",
+        "iptables",
+        "-o",
+        "json",
+    ];
+    let mut live = trace.to_vec();
+    live.push("--live");
+    let from_kernel = ns.run(SVCROUTE, &live);
+    assert_eq!(from_kernel.code, 0, "{}", from_kernel.stderr);
+    let rendered = svcroute(&trace);
+    assert_eq!(rendered.code, 0, "{}", rendered.stderr);
+    assert_same_decisions(&from_kernel.stdout, &rendered.stdout);
+
+    // Without objects: the same decisions, without naming the services.
+    let bare = ns.run(
+        SVCROUTE,
+        &[
+            "--config",
+            NODE,
+            "trace",
+            "--packets",
+            PACKETS,
+            "--backend",
+            "iptables",
+            "--live",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(bare.code, 0, "{}", bare.stderr);
+    assert_eq!(bare.stderr, "");
+    let strip = |text: &str| -> String {
+        text.lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                let o = v.as_object_mut().unwrap();
+                o.remove("service");
+                o.remove("frontend");
+                format!("{v}\n")
+            })
+            .collect()
+    };
+    assert_same_decisions(&strip(&bare.stdout), &strip(&rendered.stdout));
+
+    let run = ns.run(SVCROUTE, &["cleanup", "--backend", "iptables"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("iptables ("), "{}", run.stdout);
+    let cleaned = ns.saved();
+    assert!(!cleaned.contains("KUBE-"), "left behind: {cleaned}");
+    assert!(
+        !cleaned.lines().any(|l| l.starts_with("-A ")),
+        "left behind: {cleaned}"
+    );
 }
 
 #[test]
@@ -868,6 +1339,18 @@ fn invalid_settings_exit_with_status_2() {
 fn help_documents_the_config_keys() {
     let run = svcroute(&["--help"]);
     assert_eq!(run.code, 0);
+    for command in ["plan", "trace", "render", "apply", "cleanup"] {
+        assert!(
+            run.stdout.contains(&format!("\n  {command} ")),
+            "--help lacks {command}"
+        );
+    }
+    let trace = svcroute(&["trace", "--help"]);
+    for flag in ["--live", "--iptables-mode", "iptables"] {
+        assert!(trace.stdout.contains(flag), "trace --help lacks {flag}");
+    }
+    let apply = svcroute(&["apply", "--help"]);
+    assert!(apply.stdout.contains("--dry-run"));
     for key in [
         "hostnameOverride",
         "nodeIPs",

@@ -256,8 +256,13 @@ impl IptablesDataplane {
     ) -> Result<Vec<(IpFamily, String)>, DataplaneError> {
         let mut out = Vec::new();
         for family in IpFamily::ALL {
-            let existing = self.read_kernel(family)?;
-            let payload = if desired.config().handles(family) {
+            let handled = desired.config().handles(family);
+            let existing = match self.read_kernel(family) {
+                Ok(existing) => existing,
+                Err(_) if !handled => continue,
+                Err(e) => return Err(e),
+            };
+            let payload = if handled {
                 desired_state(desired, family).full_payload(&existing, self.nft_workaround())
             } else {
                 FamilyState::cleanup_payload(&existing)
@@ -291,14 +296,18 @@ impl IptablesDataplane {
         let mut report = ApplyReport::default();
         let mut families = BTreeMap::new();
         for family in IpFamily::ALL {
+            let handled = desired.config().handles(family);
             let existing = match self.read_kernel(family) {
                 Ok(existing) => existing,
+                // A family we do not program may lack its tools (no ip6tables): nothing of
+                // ours can be there to remove.
+                Err(_) if !handled => continue,
                 Err(e) => {
                     self.needs_full_sync = true;
                     return Err(e);
                 }
             };
-            if desired.config().handles(family) {
+            if handled {
                 let state = desired_state(desired, family);
                 let payload = state.full_payload(&existing, self.nft_workaround());
                 self.restore("sync_full", family, &payload, &mut report)?;
@@ -409,11 +418,22 @@ impl Dataplane for IptablesDataplane {
     }
 
     async fn cleanup(&mut self) -> Result<(), DataplaneError> {
+        // Both families are attempted even when one fails (say, no ip6tables here); the
+        // first failure is returned.
         let mut report = ApplyReport::default();
+        let mut first_error = None;
         for family in IpFamily::ALL {
-            let existing = self.read_kernel(family)?;
-            let payload = FamilyState::cleanup_payload(&existing);
-            self.restore("cleanup", family, &payload, &mut report)?;
+            let result = self.read_kernel(family).and_then(|existing| {
+                let payload = FamilyState::cleanup_payload(&existing);
+                self.restore("cleanup", family, &payload, &mut report)
+            });
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            self.needs_full_sync = true;
+            return Err(e);
         }
         self.shadow = Shadow::default();
         self.needs_full_sync = false;

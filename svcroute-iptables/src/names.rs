@@ -133,19 +133,37 @@ impl PortChains {
 pub fn comment(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 24);
     out.push_str("-m comment --comment \"");
-    let mut used = 0;
-    for c in text.chars() {
-        let piece: String = match c {
-            '"' => "\\\"".to_string(),
-            '\\' => "\\\\".to_string(),
-            c if c.is_control() => " ".to_string(),
-            c => c.to_string(),
-        };
-        if used + piece.len() > 250 {
-            break;
+    // Names are DNS labels, so the plain case is the common one: copy it whole.
+    let plain = text.len() <= 250
+        && !text
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control());
+    if plain {
+        out.push_str(text);
+    } else {
+        let mut used = 0;
+        for c in text.chars() {
+            let replaced = match c {
+                '"' => "\\\"",
+                '\\' => "\\\\",
+                c if c.is_control() => " ",
+                _ => "",
+            };
+            let len = if replaced.is_empty() {
+                c.len_utf8()
+            } else {
+                replaced.len()
+            };
+            if used + len > 250 {
+                break;
+            }
+            used += len;
+            if replaced.is_empty() {
+                out.push(c);
+            } else {
+                out.push_str(replaced);
+            }
         }
-        used += piece.len();
-        out.push_str(&piece);
     }
     out.push('"');
     out

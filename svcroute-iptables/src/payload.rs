@@ -14,7 +14,7 @@
 //! all rules) is such a command and changes nothing. Payloads that name many chains start
 //! with it: the same restore then takes seconds.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 
 use svcroute_core::select::ServicePortName;
@@ -35,10 +35,8 @@ pub struct FamilyState {
     skeleton: Skeleton,
     /// Service rules of each shared chain: rule → number of ports contributing it.
     bodies: BTreeMap<(TableName, &'static str), BTreeMap<String, usize>>,
-    /// Chains owned by one service port.
-    owned: BTreeMap<ChainKey, Vec<String>>,
-    /// Each port's contribution.
-    ports: HashMap<ServicePortName, PortRules>,
+    /// Each port's contribution, including the chains it owns.
+    ports: BTreeMap<ServicePortName, PortRules>,
 }
 
 /// The pending result of an incremental sync: its payload, and the contributions to record
@@ -138,8 +136,7 @@ impl FamilyState {
         FamilyState {
             skeleton,
             bodies,
-            owned: BTreeMap::new(),
-            ports: HashMap::new(),
+            ports: BTreeMap::new(),
         }
     }
 
@@ -157,9 +154,6 @@ impl FamilyState {
         let Some(old) = self.ports.remove(name) else {
             return;
         };
-        for (table, chain, _) in &old.chains {
-            self.owned.remove(&(*table, chain.clone()));
-        }
         for (table, chain, rule) in &old.shared {
             if let Some(body) = self.bodies.get_mut(&(*table, *chain))
                 && let Some(count) = body.get_mut(rule)
@@ -178,9 +172,6 @@ impl FamilyState {
         let Some(rules) = rules else {
             return;
         };
-        for (table, chain, list) in &rules.chains {
-            self.owned.insert((*table, chain.clone()), list.clone());
-        }
         for (table, chain, rule) in &rules.shared {
             if let Some(body) = self.bodies.get_mut(&(*table, *chain)) {
                 *body.entry(rule.clone()).or_insert(0) += 1;
@@ -222,7 +213,7 @@ impl FamilyState {
                 .or_default()
                 .insert(chain.to_string(), rules);
         }
-        for ((table, chain), rules) in &self.owned {
+        for (table, chain, rules) in self.ports.values().flat_map(|p| &p.chains) {
             ruleset
                 .tables
                 .entry(*table)
@@ -237,38 +228,100 @@ impl FamilyState {
     /// them) and refilled, chains we own but no longer want are deleted, and our hooks in
     /// the built-in chains are removed and inserted again at the top, in order.
     pub fn full_payload(&self, existing: &Ruleset, nft_workaround: bool) -> String {
-        let mut out = String::new();
+        let mut out = String::with_capacity(self.estimated_payload_len());
         for table in TableName::ALL {
-            let mut block = Block::default();
+            let shared: Vec<(&'static str, &SharedChain)> = self
+                .skeleton
+                .shared
+                .iter()
+                .filter(|(t, _, _)| *t == table)
+                .map(|(_, c, s)| (*c, s))
+                .collect();
+            let owned: Vec<(&String, &Vec<String>)> = self
+                .ports
+                .values()
+                .flat_map(|p| &p.chains)
+                .filter(|(t, _, _)| *t == table)
+                .map(|(_, c, r)| (c, r))
+                .collect();
             let current = existing.chains(table);
+            let wanted: HashSet<&str> = shared
+                .iter()
+                .map(|(c, _)| *c)
+                .chain(owned.iter().map(|(c, _)| c.as_str()))
+                .collect();
+            let stale: Vec<&String> = current
+                .into_iter()
+                .flat_map(|chains| chains.keys())
+                .filter(|c| names::is_owned_chain(c) && !wanted.contains(c.as_str()))
+                .collect();
+            let mut block = Block::default();
             remove_hooks(table, current, &mut block);
+
+            let _ = writeln!(out, "*{table}");
+            if nft_workaround && wanted.len() + stale.len() > CHAIN_CACHE_WORKAROUND_THRESHOLD {
+                out.push_str("-S\n");
+            }
+            let declared = shared
+                .iter()
+                .map(|(c, _)| *c)
+                .chain(owned.iter().map(|(c, _)| c.as_str()))
+                .chain(stale.iter().map(|c| c.as_str()));
+            for chain in declared {
+                let _ = writeln!(out, ":{chain} - [0:0]");
+            }
+            for line in &block.deletes {
+                out.push_str(line);
+                out.push('\n');
+            }
             for (t, builtin, rules) in &self.skeleton.hooks {
                 if *t == table {
                     for (i, rule) in rules.iter().enumerate() {
-                        block.inserts.push(format!("-I {builtin} {} {rule}", i + 1));
+                        let _ = writeln!(out, "-I {builtin} {} {rule}", i + 1);
                     }
                 }
             }
-            for (t, chain, fixed) in &self.skeleton.shared {
-                if *t == table {
-                    block.append_chain(chain, &self.shared_rules(table, chain, fixed));
+            let mut append = |chain: &str, rule: &str| {
+                out.push_str("-A ");
+                out.push_str(chain);
+                out.push(' ');
+                out.push_str(rule);
+                out.push('\n');
+            };
+            for (chain, fixed) in &shared {
+                let body = self.bodies.get(&(table, *chain));
+                let rules = fixed
+                    .head
+                    .iter()
+                    .chain(body.into_iter().flat_map(|b| b.keys()))
+                    .chain(fixed.tail.iter());
+                for rule in rules {
+                    append(chain, rule);
                 }
             }
-            for ((t, chain), rules) in &self.owned {
-                if *t == table {
-                    block.append_chain(chain, rules);
+            for (chain, rules) in &owned {
+                for rule in *rules {
+                    append(chain, rule);
                 }
             }
-            if let Some(current) = current {
-                for chain in current.keys() {
-                    if names::is_owned_chain(chain) && !block.declare.contains(chain) {
-                        block.remove_chains.insert(chain.clone());
-                    }
-                }
+            for chain in &stale {
+                let _ = writeln!(out, "-X {chain}");
             }
-            block.write(table, nft_workaround, &mut out);
+            out.push_str("COMMIT\n");
         }
         out
+    }
+
+    /// A guess of the full payload's size, to allocate it once.
+    fn estimated_payload_len(&self) -> usize {
+        let rules: usize = self
+            .ports
+            .values()
+            .flat_map(|p| &p.chains)
+            .map(|(_, _, r)| r.len() + 1)
+            .sum::<usize>()
+            + self.bodies.values().map(BTreeMap::len).sum::<usize>();
+        rules * 160 + 4096
     }
 
     /// Plans an incremental sync: `updates` give the new contribution of every changed port.

@@ -2,7 +2,7 @@
 //! port becomes its own chains plus rules in the shared chains ([`port_rules`]). The layout is
 //! drawn in the crate docs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -531,14 +531,20 @@ impl PortRenderer<'_> {
     }
 
     /// An endpoint chain (`KUBE-SVC-H` / `KUBE-SVL-H`): masquerade, affinity, random spread.
-    fn endpoint_chain(&mut self, chain: &str, endpoints: &[SocketAddr], internal: bool) {
+    fn endpoint_chain(
+        &mut self,
+        chain: &str,
+        endpoints: &[SocketAddr],
+        sep_names: &BTreeMap<SocketAddr, String>,
+        internal: bool,
+    ) {
         let mut rules = Vec::with_capacity(endpoints.len() * 2 + 1);
         if internal && let Some(rule) = self.internal_masquerade() {
             rules.push(rule);
         }
-        let seps: Vec<String> = endpoints
+        let seps: Vec<&str> = endpoints
             .iter()
-            .map(|e| self.chains.sep(&self.port.name, e))
+            .filter_map(|e| sep_names.get(e).map(String::as_str))
             .collect();
         let notes: Vec<String> = endpoints
             .iter()
@@ -569,8 +575,7 @@ impl PortRenderer<'_> {
             .push((TableName::Nat, chain.to_string(), rules));
     }
 
-    fn endpoint(&mut self, endpoint: &SocketAddr) {
-        let sep = self.chains.sep(&self.port.name, endpoint);
+    fn endpoint(&mut self, endpoint: &SocketAddr, sep: String) {
         let note = comment(&self.chains.display);
         let affinity = if self.port.affinity_timeout.is_some() {
             format!(" -m recent --name {sep} --set")
@@ -592,22 +597,30 @@ impl PortRenderer<'_> {
         self.firewall();
         let internal = self.internal();
         let external = self.external();
-        let mut endpoints: BTreeSet<SocketAddr> = BTreeSet::new();
         let mut chains: BTreeSet<String> = internal.iter().cloned().collect();
         chains.extend(external);
-        for chain in &chains {
-            let policy = if *chain == self.chains.svc {
+        let svc = self.chains.svc.clone();
+        let policy_of = |chain: &str| {
+            if chain == svc {
                 TrafficPolicy::Cluster
             } else {
                 TrafficPolicy::Local
-            };
-            let eps: Vec<SocketAddr> = self.fam.endpoints(policy).to_vec();
-            endpoints.extend(eps.iter().copied());
+            }
+        };
+        // Each endpoint's chain name is hashed once, whichever chains use it.
+        let sep_names: BTreeMap<SocketAddr, String> = chains
+            .iter()
+            .flat_map(|c| self.fam.endpoints(policy_of(c)))
+            .map(|e| (*e, self.chains.sep(&self.port.name, e)))
+            .collect();
+        for chain in &chains {
+            let fam = self.fam;
+            let eps = fam.endpoints(policy_of(chain));
             let is_internal = internal.as_deref() == Some(chain.as_str());
-            self.endpoint_chain(chain, &eps, is_internal);
+            self.endpoint_chain(chain, eps, &sep_names, is_internal);
         }
-        for e in &endpoints {
-            self.endpoint(e);
+        for (e, sep) in sep_names {
+            self.endpoint(&e, sep);
         }
         if let Some(hc) = self.port.health_check_node_port {
             let rule = format!(

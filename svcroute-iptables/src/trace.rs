@@ -1,15 +1,15 @@
 //! Follows a packet through the rules svcroute programs, and answers with core's [`Decision`].
 //!
-//! [`Tracer::new`] compiles a [`Ruleset`] once: every rule of every owned chain (a chain whose
-//! name starts with `KUBE-`) is parsed into a structured form, and anything not understood is
+//! [`Tracer::new`] compiles a [`Ruleset`] once: every rule of every owned chain
+//! ([`names::is_owned_chain`]: kube-proxy's chain names, not kubelet's) is parsed into a structured form, and anything not understood is
 //! an error ([`TraceError::Unsupported`]), never skipped. Our rendering and `iptables-save`'s
 //! normalisation parse to the same thing (`-s`/`-d`/`-p` anywhere, `/32` host suffixes,
 //! statistic probabilities rounded to the kernel's 31-bit quantum, `recent` options in any order,
 //! `--or-mark` as `--set-xmark V/V`, ...).
 //!
 //! In the built-in chains (`PREROUTING`, `INPUT`, `FORWARD`, `OUTPUT`, `POSTROUTING`) only the
-//! rules that jump to a `KUBE-` chain are ours; every other rule there, and every chain not
-//! named `KUBE-…`, belongs to other software and is ignored: the trace says what *our* rules do.
+//! rules that jump to an owned chain are ours; every other rule there, and every other chain
+//! (kubelet's `KUBE-FIREWALL` included), belongs to other software and is ignored: the trace says what *our* rules do.
 //!
 //! # Semantics
 //!
@@ -40,11 +40,9 @@ use svcroute_core::dataplane::TraceError;
 use svcroute_core::decide::{Decision, PROBABILITY_TOLERANCE, Packet, Verdict, WeightedEndpoint};
 use svcroute_core::model::{IpFamily, Protocol, ProxyConfig};
 
-use crate::parse;
 use crate::ruleset::{Ruleset, TableName};
+use crate::{names, parse};
 
-/// Prefix of the chains svcroute owns.
-const OWNED_PREFIX: &str = "KUBE-";
 /// Deepest chain nesting followed (kube-proxy's is 6; nf_tables allows 16); deeper means a loop.
 const MAX_DEPTH: usize = 32;
 /// Most branches one trace may fork into (kube-proxy forks once per endpoint).
@@ -167,7 +165,7 @@ impl Tracer {
         for (&table, chains) in &rules.tables {
             let mut compiled: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
             for (chain, texts) in chains {
-                let owned = chain.starts_with(OWNED_PREFIX);
+                let owned = names::is_owned_chain(chain);
                 if !owned && !table.is_builtin(chain) {
                     continue;
                 }
@@ -303,9 +301,9 @@ fn jumps_to_owned(text: &str) -> bool {
     match parse::tokenize(text) {
         Ok(tokens) => tokens.windows(2).any(|w| {
             matches!(w[0].as_str(), "-j" | "--jump" | "-g" | "--goto")
-                && w[1].starts_with(OWNED_PREFIX)
+                && names::is_owned_chain(&w[1])
         }),
-        Err(_) => text.contains(OWNED_PREFIX),
+        Err(_) => text.contains("KUBE-"),
     }
 }
 
@@ -764,7 +762,7 @@ fn parse_target(name: &str, t: &mut Tokens<'_>) -> Result<Target, String> {
             }
             Target::Masquerade
         }
-        chain if chain.starts_with(OWNED_PREFIX) => Target::Jump(chain.to_string()),
+        chain if names::is_owned_chain(chain) => Target::Jump(chain.to_string()),
         other => return Err(format!("unsupported target {other:?}")),
     };
     Ok(target)
@@ -1708,12 +1706,12 @@ COMMIT
     fn single(rule: &str) -> Result<Tracer, TraceError> {
         // Built by hand: parse_save would already refuse some of these texts.
         let mut rs = parse_save(
-            "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-X - [0:0]\n:KUBE-Y - [0:0]\n\
-             -A PREROUTING -j KUBE-X\nCOMMIT\n",
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SVC-X - [0:0]\n:KUBE-SVC-Y - [0:0]\n\
+             -A PREROUTING -j KUBE-SVC-X\nCOMMIT\n",
         )
         .unwrap();
         let chains = rs.tables.get_mut(&TableName::Nat).unwrap();
-        chains.get_mut("KUBE-X").unwrap().push(rule.to_string());
+        chains.get_mut("KUBE-SVC-X").unwrap().push(rule.to_string());
         Tracer::new(&rs)
     }
 
@@ -1736,8 +1734,8 @@ COMMIT
             "-j LOG",
             "-j SNAT --to-source 1.2.3.4",
             "-j FOREIGN",
-            "-g KUBE-Y",
-            "-j KUBE-Y -j KUBE-Y",
+            "-g KUBE-SVC-Y",
+            "-j KUBE-SVC-Y -j KUBE-SVC-Y",
             "-j ACCEPT --bogus",
             "-j REJECT --reject-with tcp-reset",
             "-j DNAT --to-destination 10.0.0.1",
@@ -1749,12 +1747,12 @@ COMMIT
             "-m statistic --mode nth --every 2 -j ACCEPT",
             "-m statistic --mode random --probability 1.5 -j ACCEPT",
             "-m statistic --mode random ! --probability 0.5 -j ACCEPT",
-            "-m recent --name X --rcheck --seconds 10 --rdest -j KUBE-Y",
-            "-m recent --name X --rcheck --seconds 10 --mask 255.255.255.0 -j KUBE-Y",
-            "-m recent --name X --rcheck -j KUBE-Y",
-            "-m recent --name X --update --seconds 10 -j KUBE-Y",
-            "-m recent --rcheck --seconds 10 -j KUBE-Y",
-            "-m recent --name X --set --rcheck --seconds 5 -j KUBE-Y",
+            "-m recent --name X --rcheck --seconds 10 --rdest -j KUBE-SVC-Y",
+            "-m recent --name X --rcheck --seconds 10 --mask 255.255.255.0 -j KUBE-SVC-Y",
+            "-m recent --name X --rcheck -j KUBE-SVC-Y",
+            "-m recent --name X --update --seconds 10 -j KUBE-SVC-Y",
+            "-m recent --rcheck --seconds 10 -j KUBE-SVC-Y",
+            "-m recent --name X --set --rcheck --seconds 5 -j KUBE-SVC-Y",
             "-m addrtype --dst-type UNICAST -j ACCEPT",
             "-m addrtype --dst-type LOCAL --limit-iface-in -j ACCEPT",
             "-m mark --mark 010 -j ACCEPT",
@@ -1768,7 +1766,7 @@ COMMIT
         ] {
             match single(rule) {
                 Err(TraceError::Unsupported(msg)) => {
-                    assert!(msg.contains("KUBE-X"), "{rule}: {msg}");
+                    assert!(msg.contains("KUBE-SVC-X"), "{rule}: {msg}");
                 }
                 other => panic!("{rule}: expected Unsupported, got {other:?}"),
             }
@@ -1776,14 +1774,27 @@ COMMIT
     }
 
     #[test]
+    fn chains_of_kubelet_and_others_are_not_ours() {
+        // kubelet's firewall uses a conntrack state the tracer does not model; it is not ours.
+        let text = "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FIREWALL - [0:0]\n\
+                    -A INPUT -j KUBE-FIREWALL\n\
+                    -A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n\
+                    COMMIT\n";
+        let tracer = Tracer::new(&parse_save(text).unwrap()).unwrap();
+        let packet: Packet = "10.0.0.1 127.0.0.1:80".parse().unwrap();
+        let decision = tracer.trace(&ProxyConfig::default(), &packet).unwrap();
+        assert_eq!(decision.verdict, Verdict::NoMatch);
+    }
+
+    #[test]
     fn builtin_rules_jumping_to_owned_chains_must_parse() {
-        let text =
-            "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-X - [0:0]\n-A INPUT -i eth0 -j KUBE-X\nCOMMIT\n";
+        let text = "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-SVC-X - [0:0]\n-A INPUT -i eth0 -j KUBE-SVC-X\nCOMMIT\n";
         assert!(matches!(
             Tracer::new(&parse_save(text).unwrap()),
             Err(TraceError::Unsupported(m)) if m.contains("INPUT")
         ));
-        let text = "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-X - [0:0]\n-A INPUT -g KUBE-X\nCOMMIT\n";
+        let text =
+            "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-SVC-X - [0:0]\n-A INPUT -g KUBE-SVC-X\nCOMMIT\n";
         assert!(matches!(
             Tracer::new(&parse_save(text).unwrap()),
             Err(TraceError::Unsupported(_))
@@ -1793,8 +1804,8 @@ COMMIT
     #[test]
     fn jumps_to_missing_chains_are_inconsistent() {
         assert!(matches!(
-            single("-j KUBE-GONE"),
-            Err(TraceError::Inconsistent(m)) if m.contains("KUBE-GONE")
+            single("-j KUBE-SEP-GONE"),
+            Err(TraceError::Inconsistent(m)) if m.contains("KUBE-SEP-GONE")
         ));
         let text = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j KUBE-SERVICES\nCOMMIT\n";
         assert!(matches!(
@@ -1820,11 +1831,11 @@ COMMIT
     #[test]
     fn loops_are_inconsistent() {
         let t = nat_tracer(
-            &["KUBE-A", "KUBE-B"],
+            &["KUBE-SVC-A", "KUBE-SVC-B"],
             &[
-                "PREROUTING -j KUBE-A",
-                "KUBE-A -j KUBE-B",
-                "KUBE-B -j KUBE-A",
+                "PREROUTING -j KUBE-SVC-A",
+                "KUBE-SVC-A -j KUBE-SVC-B",
+                "KUBE-SVC-B -j KUBE-SVC-A",
             ],
         );
         assert!(matches!(trace_err(&t, PKT), TraceError::Inconsistent(_)));
@@ -1834,11 +1845,11 @@ COMMIT
     fn mixed_verdicts_are_inconsistent() {
         // Half the packets DNAT, the other half fall through.
         let t = nat_tracer(
-            &["KUBE-SVC", "KUBE-SEP"],
+            &["KUBE-SVC-S", "KUBE-SEP-E"],
             &[
-                "PREROUTING -j KUBE-SVC",
-                "KUBE-SVC -m statistic --mode random --probability 0.5 -j KUBE-SEP",
-                "KUBE-SEP -j DNAT --to-destination 10.244.1.1:80",
+                "PREROUTING -j KUBE-SVC-S",
+                "KUBE-SVC-S -m statistic --mode random --probability 0.5 -j KUBE-SEP-E",
+                "KUBE-SEP-E -j DNAT --to-destination 10.244.1.1:80",
             ],
         );
         assert!(
@@ -1846,11 +1857,11 @@ COMMIT
         );
         // A zero-probability branch does not count.
         let t = nat_tracer(
-            &["KUBE-SVC", "KUBE-SEP"],
+            &["KUBE-SVC-S", "KUBE-SEP-E"],
             &[
-                "PREROUTING -j KUBE-SVC",
-                "KUBE-SVC -m statistic --mode random --probability 1.00000000000 -j KUBE-SEP",
-                "KUBE-SEP -j DNAT --to-destination 10.244.1.1:80",
+                "PREROUTING -j KUBE-SVC-S",
+                "KUBE-SVC-S -m statistic --mode random --probability 1.00000000000 -j KUBE-SEP-E",
+                "KUBE-SEP-E -j DNAT --to-destination 10.244.1.1:80",
             ],
         );
         assert_decision(&t, PKT, &dnat(&[("10.244.1.1:80", 1.0, false)], None));
@@ -1859,16 +1870,21 @@ COMMIT
     #[test]
     fn masquerade_must_agree_per_endpoint() {
         let t = nat_tracer(
-            &["KUBE-SVC", "KUBE-SEP", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"],
             &[
-                "PREROUTING -j KUBE-SVC",
+                "KUBE-SVC-S",
+                "KUBE-SEP-E",
+                "KUBE-MARK-MASQ",
+                "KUBE-POSTROUTING",
+            ],
+            &[
+                "PREROUTING -j KUBE-SVC-S",
                 "POSTROUTING -j KUBE-POSTROUTING",
                 "KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
                 "KUBE-POSTROUTING -j MASQUERADE",
                 "KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
-                "KUBE-SVC -m statistic --mode random --probability 0.5 -j KUBE-MARK-MASQ",
-                "KUBE-SVC -j KUBE-SEP",
-                "KUBE-SEP -j DNAT --to-destination 10.244.1.1:80",
+                "KUBE-SVC-S -m statistic --mode random --probability 0.5 -j KUBE-MARK-MASQ",
+                "KUBE-SVC-S -j KUBE-SEP-E",
+                "KUBE-SEP-E -j DNAT --to-destination 10.244.1.1:80",
             ],
         );
         assert!(
@@ -1880,46 +1896,46 @@ COMMIT
     fn affinity_must_be_checked_and_set() {
         // rcheck but no --set in the endpoint chain.
         let t = nat_tracer(
-            &["KUBE-SVC", "KUBE-SEP"],
+            &["KUBE-SVC-S", "KUBE-SEP-E"],
             &[
-                "PREROUTING -j KUBE-SVC",
-                "KUBE-SVC -m recent --name KUBE-SEP --rcheck --seconds 10 --reap -j KUBE-SEP",
-                "KUBE-SVC -j KUBE-SEP",
-                "KUBE-SEP -j DNAT --to-destination 10.244.1.1:80",
+                "PREROUTING -j KUBE-SVC-S",
+                "KUBE-SVC-S -m recent --name KUBE-SEP-E --rcheck --seconds 10 --reap -j KUBE-SEP-E",
+                "KUBE-SVC-S -j KUBE-SEP-E",
+                "KUBE-SEP-E -j DNAT --to-destination 10.244.1.1:80",
             ],
         );
         assert!(matches!(trace_err(&t, PKT), TraceError::Inconsistent(_)));
         // --set without rcheck.
         let t = nat_tracer(
-            &["KUBE-SVC", "KUBE-SEP"],
+            &["KUBE-SVC-S", "KUBE-SEP-E"],
             &[
-                "PREROUTING -j KUBE-SVC",
-                "KUBE-SVC -j KUBE-SEP",
-                "KUBE-SEP -m recent --name KUBE-SEP --set -j DNAT --to-destination 10.244.1.1:80",
+                "PREROUTING -j KUBE-SVC-S",
+                "KUBE-SVC-S -j KUBE-SEP-E",
+                "KUBE-SEP-E -m recent --name KUBE-SEP-E --set -j DNAT --to-destination 10.244.1.1:80",
             ],
         );
         assert!(matches!(trace_err(&t, PKT), TraceError::Inconsistent(_)));
         // The rcheck jumps to another chain than the one that sets the name.
         let t = nat_tracer(
-            &["KUBE-SVC", "KUBE-SEP", "KUBE-OTHER"],
+            &["KUBE-SVC-S", "KUBE-SEP-E", "KUBE-SEP-OTHER"],
             &[
-                "PREROUTING -j KUBE-SVC",
-                "KUBE-SVC -m recent --name KUBE-SEP --rcheck --seconds 10 -j KUBE-OTHER",
-                "KUBE-SVC -j KUBE-SEP",
-                "KUBE-SEP -m recent --name KUBE-SEP --set -j DNAT --to-destination 10.244.1.1:80",
-                "KUBE-OTHER -j DNAT --to-destination 10.244.1.2:80",
+                "PREROUTING -j KUBE-SVC-S",
+                "KUBE-SVC-S -m recent --name KUBE-SEP-E --rcheck --seconds 10 -j KUBE-SEP-OTHER",
+                "KUBE-SVC-S -j KUBE-SEP-E",
+                "KUBE-SEP-E -m recent --name KUBE-SEP-E --set -j DNAT --to-destination 10.244.1.1:80",
+                "KUBE-SEP-OTHER -j DNAT --to-destination 10.244.1.2:80",
             ],
         );
         assert!(matches!(trace_err(&t, PKT), TraceError::Inconsistent(_)));
         // Different timeouts.
         let t = nat_tracer(
-            &["KUBE-SVC", "KUBE-SEP-A", "KUBE-SEP-B"],
+            &["KUBE-SVC-S", "KUBE-SEP-A", "KUBE-SEP-B"],
             &[
-                "PREROUTING -j KUBE-SVC",
-                "KUBE-SVC -m recent --name KUBE-SEP-A --rcheck --seconds 10 -j KUBE-SEP-A",
-                "KUBE-SVC -m recent --name KUBE-SEP-B --rcheck --seconds 20 -j KUBE-SEP-B",
-                "KUBE-SVC -m statistic --mode random --probability 0.5 -j KUBE-SEP-A",
-                "KUBE-SVC -j KUBE-SEP-B",
+                "PREROUTING -j KUBE-SVC-S",
+                "KUBE-SVC-S -m recent --name KUBE-SEP-A --rcheck --seconds 10 -j KUBE-SEP-A",
+                "KUBE-SVC-S -m recent --name KUBE-SEP-B --rcheck --seconds 20 -j KUBE-SEP-B",
+                "KUBE-SVC-S -m statistic --mode random --probability 0.5 -j KUBE-SEP-A",
+                "KUBE-SVC-S -j KUBE-SEP-B",
                 "KUBE-SEP-A -m recent --name KUBE-SEP-A --set -j DNAT --to-destination 10.244.1.1:80",
                 "KUBE-SEP-B -m recent --name KUBE-SEP-B --set -j DNAT --to-destination 10.244.1.2:80",
             ],
@@ -1932,29 +1948,29 @@ COMMIT
     #[test]
     fn nat_targets_in_the_wrong_place_are_inconsistent() {
         let t = nat_tracer(
-            &["KUBE-X"],
-            &["PREROUTING -j KUBE-X", "KUBE-X -j MASQUERADE"],
+            &["KUBE-SVC-X"],
+            &["PREROUTING -j KUBE-SVC-X", "KUBE-SVC-X -j MASQUERADE"],
         );
         assert!(matches!(trace_err(&t, PKT), TraceError::Inconsistent(_)));
         let t = nat_tracer(
-            &["KUBE-X"],
+            &["KUBE-SVC-X"],
             &[
-                "POSTROUTING -j KUBE-X",
-                "KUBE-X -j DNAT --to-destination 10.244.1.1:80",
+                "POSTROUTING -j KUBE-SVC-X",
+                "KUBE-SVC-X -j DNAT --to-destination 10.244.1.1:80",
             ],
         );
         assert!(matches!(trace_err(&t, PKT), TraceError::Inconsistent(_)));
         let t = nat_tracer(
-            &["KUBE-X"],
+            &["KUBE-SVC-X"],
             &[
-                "PREROUTING -j KUBE-X",
-                "KUBE-X -j DNAT --to-destination [fd00::1]:80",
+                "PREROUTING -j KUBE-SVC-X",
+                "KUBE-SVC-X -j DNAT --to-destination [fd00::1]:80",
             ],
         );
         assert!(matches!(trace_err(&t, PKT), TraceError::Inconsistent(_)));
         let t = tracer(
-            "*filter\n:FORWARD ACCEPT [0:0]\n:KUBE-X - [0:0]\n-A FORWARD -j KUBE-X\n\
-             -A KUBE-X -j DNAT --to-destination 10.244.1.1:80\nCOMMIT\n",
+            "*filter\n:FORWARD ACCEPT [0:0]\n:KUBE-SVC-X - [0:0]\n-A FORWARD -j KUBE-SVC-X\n\
+             -A KUBE-SVC-X -j DNAT --to-destination 10.244.1.1:80\nCOMMIT\n",
         );
         assert!(matches!(trace_err(&t, PKT), TraceError::Inconsistent(_)));
     }
@@ -1979,12 +1995,12 @@ COMMIT
     fn marks_and_accept_in_nat() {
         // MARK changes state for later matches; ACCEPT in nat ends the walk without NAT.
         let t = nat_tracer(
-            &["KUBE-X"],
+            &["KUBE-SVC-X"],
             &[
-                "PREROUTING -j KUBE-X",
-                "KUBE-X -j MARK --set-xmark 0x1/0xffffffff",
-                "KUBE-X -m mark --mark 0x1 -j ACCEPT",
-                "KUBE-X -j DNAT --to-destination 10.244.1.1:80",
+                "PREROUTING -j KUBE-SVC-X",
+                "KUBE-SVC-X -j MARK --set-xmark 0x1/0xffffffff",
+                "KUBE-SVC-X -m mark --mark 0x1 -j ACCEPT",
+                "KUBE-SVC-X -j DNAT --to-destination 10.244.1.1:80",
             ],
         );
         assert_eq!(trace(&t, PKT), simple(Verdict::NoMatch));
@@ -1992,15 +2008,15 @@ COMMIT
 
     #[test]
     fn branch_explosion_is_bounded() {
-        let mut rules = vec!["PREROUTING -j KUBE-X".to_string()];
+        let mut rules = vec!["PREROUTING -j KUBE-SVC-X".to_string()];
         for _ in 0..20 {
             rules.push(
-                "KUBE-X -m statistic --mode random --probability 0.5 -j MARK --xor-mark 0x1"
+                "KUBE-SVC-X -m statistic --mode random --probability 0.5 -j MARK --xor-mark 0x1"
                     .to_string(),
             );
         }
         let rules: Vec<&str> = rules.iter().map(String::as_str).collect();
-        let t = nat_tracer(&["KUBE-X"], &rules);
+        let t = nat_tracer(&["KUBE-SVC-X"], &rules);
         assert!(matches!(trace_err(&t, PKT), TraceError::Unsupported(_)));
     }
 }

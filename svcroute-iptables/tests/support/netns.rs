@@ -379,7 +379,12 @@ impl Topology {
         let ext_ns = format!("{prefix}-ext");
         // The guard exists before anything is created: a failing step still cleans up.
         let mut topo = Topology {
-            node: host("node", &format!("{prefix}-node"), "192.168.50.1", "fd00:50::1"),
+            node: host(
+                "node",
+                &format!("{prefix}-node"),
+                "192.168.50.1",
+                "fd00:50::1",
+            ),
             pods: Vec::new(),
             ext: host("ext", &ext_ns, "192.168.50.2", "fd00:50::2"),
             ext_other: host("ext-other", &ext_ns, "192.168.50.3", "fd00:50::3"),
@@ -441,13 +446,42 @@ impl Topology {
         let (node, ext) = (self.node.ns.clone(), self.ext.ns.clone());
         self.add_namespace(&ext);
         let ip = |args: &[&str]| run("ip", args);
-        ip(&["-n", &node, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", &ext]);
+        ip(&[
+            "-n", &node, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns",
+            &ext,
+        ]);
         ip(&["-n", &node, "addr", "add", "192.168.50.1/24", "dev", "lan0"]);
-        ip(&["-n", &node, "addr", "add", "fd00:50::1/64", "dev", "lan0", "nodad"]);
+        ip(&[
+            "-n",
+            &node,
+            "addr",
+            "add",
+            "fd00:50::1/64",
+            "dev",
+            "lan0",
+            "nodad",
+        ]);
         ip(&["-n", &node, "link", "set", "lan0", "up"]);
         // Node-originated traffic to service IPs needs a route (and picks the LAN address).
-        ip(&["-n", &node, "route", "add", "default", "via", "192.168.50.2"]);
-        ip(&["-n", &node, "-6", "route", "add", "default", "via", "fd00:50::2"]);
+        ip(&[
+            "-n",
+            &node,
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.168.50.2",
+        ]);
+        ip(&[
+            "-n",
+            &node,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:50::2",
+        ]);
         for addr in ["192.168.50.2/24", "192.168.50.3/24"] {
             ip(&["-n", &ext, "addr", "add", addr, "dev", "eth0"]);
         }
@@ -470,9 +504,21 @@ impl Topology {
         self.add_namespace(&ns);
         let ip = |args: &[&str]| run("ip", args);
         let (pod4, pod6) = (format!("{}/32", pod.v4), format!("{}/128", pod.v6));
-        ip(&["-n", &node, "link", "add", node_if, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        ip(&[
+            "-n", &node, "link", "add", node_if, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ]);
         ip(&["-n", &node, "addr", "add", "10.244.0.1/32", "dev", node_if]);
-        ip(&["-n", &node, "addr", "add", "fd00:244::1/128", "dev", node_if, "nodad"]);
+        ip(&[
+            "-n",
+            &node,
+            "addr",
+            "add",
+            "fd00:244::1/128",
+            "dev",
+            node_if,
+            "nodad",
+        ]);
         ip(&["-n", &node, "link", "set", node_if, "up"]);
         ip(&["-n", &node, "route", "add", &pod4, "dev", node_if]);
         ip(&["-n", &node, "-6", "route", "add", &pod6, "dev", node_if]);
@@ -480,9 +526,39 @@ impl Topology {
         ip(&["-n", &ns, "addr", "add", &pod6, "dev", "eth0", "nodad"]);
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
         ip(&["-n", &ns, "route", "add", "10.244.0.1", "dev", "eth0"]);
-        ip(&["-n", &ns, "route", "add", "default", "via", "10.244.0.1", "dev", "eth0"]);
-        ip(&["-n", &ns, "-6", "route", "add", "fd00:244::1", "dev", "eth0"]);
-        ip(&["-n", &ns, "-6", "route", "add", "default", "via", "fd00:244::1", "dev", "eth0"]);
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.244.0.1",
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            &ns,
+            "-6",
+            "route",
+            "add",
+            "fd00:244::1",
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            &ns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:244::1",
+            "dev",
+            "eth0",
+        ]);
     }
 
     /// Starts a server in every endpoint pod and waits (10 s at most) until all listen.
@@ -496,7 +572,16 @@ impl Topology {
         for pod in &servers {
             let port = SERVER_PORT.to_string();
             let mut child = Command::new("ip")
-                .args(["netns", "exec", &pod.ns, python(), "-c", SERVER, &pod.name, &port])
+                .args([
+                    "netns",
+                    "exec",
+                    &pod.ns,
+                    python(),
+                    "-c",
+                    SERVER,
+                    &pod.name,
+                    &port,
+                ])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()

@@ -223,7 +223,9 @@ impl Proxy {
         }
         let reached = Proxy::reached(topo, &seen);
         let [endpoint] = reached.iter().copied().collect::<Vec<_>>()[..] else {
-            seen.fail(&format!("one client reached several endpoints: {reached:?}"));
+            seen.fail(&format!(
+                "one client reached several endpoints: {reached:?}"
+            ));
         };
         if !dnat_endpoints(&seen.traced).contains(&endpoint) {
             seen.fail(&format!("{endpoint} is not an endpoint of the trace"));
@@ -234,7 +236,13 @@ impl Proxy {
     /// Checks that no attempt of `request` from `from` gets an answer (each is `Refused` for
     /// `Verdict::Reject`, a `Timeout` for `Verdict::Drop`), and that the trace and the core
     /// say `verdict`.
-    pub fn expect_no_answer(&self, topo: &Topology, from: &Host, request: Request, verdict: Verdict) {
+    pub fn expect_no_answer(
+        &self,
+        topo: &Topology,
+        from: &Host,
+        request: Request,
+        verdict: Verdict,
+    ) {
         let wanted = match verdict {
             Verdict::Reject => Reply::Refused,
             Verdict::Drop => Reply::Timeout,
