@@ -108,15 +108,40 @@ fn kernel_error(operation: &str, e: KernelError) -> DataplaneError {
     }
 }
 
-/// The full state of one family under `desired`.
+/// The full state of one family under `desired`. Service ports render independently, so large
+/// states render on every core (each thread takes a contiguous run of ports).
 pub fn desired_state(desired: &Desired, family: IpFamily) -> FamilyState {
+    const PORTS_PER_THREAD: usize = 1024;
     let config = desired.config();
+    let ports: Vec<&Arc<ResolvedServicePort>> = desired.ports().collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(ports.len().div_ceil(PORTS_PER_THREAD))
+        .max(1);
+    let render_run = |run: &[&Arc<ResolvedServicePort>]| -> Vec<_> {
+        run.iter()
+            .filter_map(|p| render::port_rules(config, p, family).map(|r| (p.name.clone(), r)))
+            .collect()
+    };
+    let rendered: Vec<Vec<_>> = if threads == 1 {
+        vec![render_run(&ports)]
+    } else {
+        let chunk = ports.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = ports
+                .chunks(chunk)
+                .map(|run| scope.spawn(move || render_run(run)))
+                .collect();
+            // A panicking renderer is a bug; re-raise it rather than lose ports.
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    };
     let mut state = FamilyState::new(render::skeleton(config, family));
-    for port in desired.ports() {
-        let rules = render::port_rules(config, port, family);
-        if rules.is_some() {
-            state.set_port(port.name.clone(), rules);
-        }
+    for (name, rules) in rendered.into_iter().flatten() {
+        state.set_port(name, Some(rules));
     }
     state
 }

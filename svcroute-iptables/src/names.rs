@@ -90,10 +90,18 @@ pub fn port_hash(name: &ServicePortName) -> String {
     hash16(&[&name.to_string(), name.protocol.lower()])
 }
 
+/// [`port_hash`] of a service port already printed as `namespace/name:port`.
+fn port_hash_of(text: &str, name: &ServicePortName) -> String {
+    hash16(&[text, name.protocol.lower()])
+}
+
 /// The chains of one service port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortChains {
-    /// `namespace/name:port` as kube-proxy prints it in comments.
+    /// `namespace/name:port`, what kube-proxy hashes.
+    name: String,
+    /// `namespace/name:port` as kube-proxy prints it in comments, already escaped for a
+    /// quoted comment (a few words may follow it inside the quotes).
     pub display: String,
     /// `KUBE-SVC-H`: cluster-policy endpoints.
     pub svc: String,
@@ -108,9 +116,11 @@ pub struct PortChains {
 impl PortChains {
     /// The chain names of a service port.
     pub fn new(name: &ServicePortName) -> Self {
-        let hash = port_hash(name);
+        let text = name.to_string();
+        let hash = port_hash_of(&text, name);
         PortChains {
-            display: name.to_string(),
+            display: escape_comment(&text),
+            name: text,
             svc: format!("KUBE-SVC-{hash}"),
             svl: format!("KUBE-SVL-{hash}"),
             ext: format!("KUBE-EXT-{hash}"),
@@ -121,51 +131,54 @@ impl PortChains {
     /// `KUBE-SEP-E`: one endpoint of this port (kube-proxy's hash of port, protocol and
     /// `ip:port`, IPv6 as `[ip]:port`).
     pub fn sep(&self, name: &ServicePortName, endpoint: &SocketAddr) -> String {
+        self.sep_of(name, &endpoint.to_string())
+    }
+
+    /// [`PortChains::sep`] of an endpoint already printed as `ip:port` / `[ip]:port`.
+    pub fn sep_of(&self, name: &ServicePortName, endpoint: &str) -> String {
         format!(
             "KUBE-SEP-{}",
-            hash16(&[&self.display, name.protocol.lower(), &endpoint.to_string()])
+            hash16(&[&self.name, name.protocol.lower(), endpoint])
         )
     }
 }
 
-/// `-m comment --comment "TEXT"`, quoted for iptables-restore: quotes and backslashes escaped,
-/// control characters replaced, cut to the kernel's 255-byte limit.
+/// `-m comment --comment "TEXT"`, quoted for iptables-restore (see [`escape_comment`]).
 pub fn comment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 24);
-    out.push_str("-m comment --comment \"");
+    format!("-m comment --comment \"{}\"", escape_comment(text))
+}
+
+/// Text made safe inside a double-quoted comment: quotes and backslashes escaped, control
+/// characters replaced, cut well under the kernel's 255-byte limit (200 bytes, leaving room
+/// for the words rules add after a name).
+pub fn escape_comment(text: &str) -> String {
+    const LIMIT: usize = 200;
     // Names are DNS labels, so the plain case is the common one: copy it whole.
-    let plain = text.len() <= 250
+    let plain = text.len() <= LIMIT
         && !text
             .chars()
             .any(|c| c == '"' || c == '\\' || c.is_control());
     if plain {
-        out.push_str(text);
-    } else {
-        let mut used = 0;
-        for c in text.chars() {
-            let replaced = match c {
-                '"' => "\\\"",
-                '\\' => "\\\\",
-                c if c.is_control() => " ",
-                _ => "",
-            };
-            let len = if replaced.is_empty() {
-                c.len_utf8()
-            } else {
-                replaced.len()
-            };
-            if used + len > 250 {
-                break;
-            }
-            used += len;
-            if replaced.is_empty() {
-                out.push(c);
-            } else {
-                out.push_str(replaced);
-            }
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len().min(LIMIT));
+    for c in text.chars() {
+        let piece = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            c if c.is_control() => " ",
+            _ => "",
+        };
+        let len = if piece.is_empty() { c.len_utf8() } else { piece.len() };
+        if out.len() + len > LIMIT {
+            break;
+        }
+        if piece.is_empty() {
+            out.push(c);
+        } else {
+            out.push_str(piece);
         }
     }
-    out.push('"');
     out
 }
 

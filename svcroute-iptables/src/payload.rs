@@ -79,11 +79,10 @@ impl Block {
             && self.remove_chains.is_empty()
     }
 
-    fn append_chain(&mut self, chain: &str, rules: &[String]) {
+    /// Rewrites `chain` with `body` (`-A CHAIN RULE` lines).
+    fn append_chain(&mut self, chain: &str, body: &str) {
         self.declare.insert(chain.to_string());
-        for rule in rules {
-            self.appends.push(format!("-A {chain} {rule}"));
-        }
+        self.appends.push(body.trim_end().to_string());
     }
 
     fn write(&self, table: TableName, nft_workaround: bool, out: &mut String) {
@@ -112,6 +111,18 @@ impl Block {
         }
         out.push_str("COMMIT\n");
     }
+}
+
+/// The rules of a chain body (`-A CHAIN RULE` lines), without the `-A CHAIN ` prefix.
+fn rules_of(chain: &str, body: &str) -> Vec<String> {
+    body.lines()
+        .map(|line| {
+            line.strip_prefix("-A ")
+                .and_then(|l| l.strip_prefix(chain))
+                .map_or(line, str::trim_start)
+                .to_string()
+        })
+        .collect()
 }
 
 /// The chain a rule jumps or goes to, if any.
@@ -213,12 +224,12 @@ impl FamilyState {
                 .or_default()
                 .insert(chain.to_string(), rules);
         }
-        for (table, chain, rules) in self.ports.values().flat_map(|p| &p.chains) {
+        for (table, chain, body) in self.ports.values().flat_map(|p| &p.chains) {
             ruleset
                 .tables
                 .entry(*table)
                 .or_default()
-                .insert(chain.clone(), rules.clone());
+                .insert(chain.clone(), rules_of(chain, body));
         }
         ruleset
     }
@@ -237,7 +248,7 @@ impl FamilyState {
                 .filter(|(t, _, _)| *t == table)
                 .map(|(_, c, s)| (*c, s))
                 .collect();
-            let owned: Vec<(&String, &Vec<String>)> = self
+            let owned: Vec<(&String, &String)> = self
                 .ports
                 .values()
                 .flat_map(|p| &p.chains)
@@ -245,21 +256,30 @@ impl FamilyState {
                 .map(|(_, c, r)| (c, r))
                 .collect();
             let current = existing.chains(table);
-            let wanted: HashSet<&str> = shared
-                .iter()
-                .map(|(c, _)| *c)
-                .chain(owned.iter().map(|(c, _)| c.as_str()))
-                .collect();
-            let stale: Vec<&String> = current
+            let held: Vec<&String> = current
                 .into_iter()
                 .flat_map(|chains| chains.keys())
-                .filter(|c| names::is_owned_chain(c) && !wanted.contains(c.as_str()))
+                .filter(|c| names::is_owned_chain(c))
                 .collect();
+            // Chains of ours the kernel holds but we no longer want (none on a fresh node).
+            let stale: Vec<&String> = if held.is_empty() {
+                Vec::new()
+            } else {
+                let wanted: HashSet<&str> = shared
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .chain(owned.iter().map(|(c, _)| c.as_str()))
+                    .collect();
+                held.into_iter()
+                    .filter(|c| !wanted.contains(c.as_str()))
+                    .collect()
+            };
+            let named = shared.len() + owned.len() + stale.len();
             let mut block = Block::default();
             remove_hooks(table, current, &mut block);
 
             let _ = writeln!(out, "*{table}");
-            if nft_workaround && wanted.len() + stale.len() > CHAIN_CACHE_WORKAROUND_THRESHOLD {
+            if nft_workaround && named > CHAIN_CACHE_WORKAROUND_THRESHOLD {
                 out.push_str("-S\n");
             }
             let declared = shared
@@ -299,10 +319,8 @@ impl FamilyState {
                     append(chain, rule);
                 }
             }
-            for (chain, rules) in &owned {
-                for rule in *rules {
-                    append(chain, rule);
-                }
+            for (_, body) in &owned {
+                out.push_str(body);
             }
             for chain in &stale {
                 let _ = writeln!(out, "-X {chain}");
@@ -314,14 +332,14 @@ impl FamilyState {
 
     /// A guess of the full payload's size, to allocate it once.
     fn estimated_payload_len(&self) -> usize {
-        let rules: usize = self
+        let owned: usize = self
             .ports
             .values()
             .flat_map(|p| &p.chains)
-            .map(|(_, _, r)| r.len() + 1)
-            .sum::<usize>()
-            + self.bodies.values().map(BTreeMap::len).sum::<usize>();
-        rules * 160 + 4096
+            .map(|(_, chain, body)| body.len() + (chain.len() + 4) * (body.len() / 64 + 2))
+            .sum();
+        let shared: usize = self.bodies.values().map(BTreeMap::len).sum();
+        owned + shared * 200 + 4096
     }
 
     /// Plans an incremental sync: `updates` give the new contribution of every changed port.
@@ -334,8 +352,8 @@ impl FamilyState {
         let mut blocks: BTreeMap<TableName, Block> = BTreeMap::new();
 
         // Chains owned by the changed ports: before and after.
-        let mut before: BTreeMap<ChainKey, &Vec<String>> = BTreeMap::new();
-        let mut after: BTreeMap<ChainKey, &Vec<String>> = BTreeMap::new();
+        let mut before: BTreeMap<ChainKey, &String> = BTreeMap::new();
+        let mut after: BTreeMap<ChainKey, &String> = BTreeMap::new();
         // Shared rules the changed ports touch: count change per rule.
         let mut delta: BTreeMap<(TableName, &'static str), BTreeMap<&str, i64>> = BTreeMap::new();
         for (name, new) in &updates {

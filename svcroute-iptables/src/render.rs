@@ -35,8 +35,10 @@ pub struct Skeleton {
 /// What one service port contributes in one family.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortRules {
-    /// Chains the port owns outright: (table, chain, rules).
-    pub chains: Vec<(TableName, String, Vec<String>)>,
+    /// Chains the port owns outright: (table, chain, rules), the rules as iptables-restore
+    /// lines `-A CHAIN RULE` (one string per chain, ready to write, keeps a 50,000-endpoint
+    /// render to a few allocations per endpoint).
+    pub chains: Vec<(TableName, String, String)>,
     /// Rules it adds to shared chains: (table, chain, rule).
     pub shared: Vec<(TableName, &'static str, String)>,
 }
@@ -47,6 +49,24 @@ fn host(ip: IpAddr) -> String {
         IpAddr::V4(_) => format!("{ip}/32"),
         IpAddr::V6(_) => format!("{ip}/128"),
     }
+}
+
+/// `-m comment --comment "TEXT"` for text escaped already.
+fn quoted(text: &str) -> String {
+    format!("-m comment --comment \"{text}\"")
+}
+
+/// Rules as a chain body: `-A CHAIN RULE` lines.
+fn lines(chain: &str, rules: Vec<String>) -> String {
+    let mut body = String::with_capacity(rules.iter().map(|r| r.len() + chain.len() + 5).sum());
+    for rule in rules {
+        body.push_str("-A ");
+        body.push_str(chain);
+        body.push(' ');
+        body.push_str(&rule);
+        body.push('\n');
+    }
+    body
 }
 
 fn jump(rule_prefix: &str, target: &str) -> String {
@@ -293,6 +313,45 @@ pub fn skeleton(config: &ProxyConfig, family: IpFamily) -> Skeleton {
     Skeleton { hooks, shared }
 }
 
+/// One endpoint, printed once: its chain name, `ip:port` and `ip/32` texts.
+struct EndpointText {
+    sep: String,
+    addr: String,
+    host: String,
+}
+
+impl EndpointText {
+    fn new(chains: &PortChains, name: &svcroute_core::select::ServicePortName, e: &SocketAddr) -> Self {
+        let addr = e.to_string();
+        let ip = match e {
+            SocketAddr::V4(_) => addr.rsplit_once(':').map_or("", |(ip, _)| ip),
+            SocketAddr::V6(_) => addr
+                .rsplit_once("]:")
+                .map_or("", |(ip, _)| ip.trim_start_matches('[')),
+        };
+        let host = match e {
+            SocketAddr::V4(_) => format!("{ip}/32"),
+            SocketAddr::V6(_) => format!("{ip}/128"),
+        };
+        EndpointText {
+            sep: chains.sep_of(name, &addr),
+            host,
+            addr,
+        }
+    }
+}
+
+/// `1/k` as iptables-restore is given it (`%.10f`, as kube-proxy prints it), for small `k`
+/// computed once: printing floats is a large share of a full render.
+fn probability(k: usize) -> String {
+    static TABLE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| (1..=256).map(|k| format!("{:.10}", 1.0 / k as f64)).collect());
+    match table.get(k.wrapping_sub(1)) {
+        Some(p) => p.clone(),
+        None => format!("{:.10}", 1.0 / k as f64),
+    }
+}
+
 /// Builds one service port's rules in one family.
 struct PortRenderer<'a> {
     config: &'a ProxyConfig,
@@ -305,6 +364,15 @@ struct PortRenderer<'a> {
 }
 
 impl PortRenderer<'_> {
+    /// `-m comment --comment "namespace/name:port SUFFIX"` (the name is escaped already).
+    fn note(&self, suffix: &str) -> String {
+        if suffix.is_empty() {
+            format!("-m comment --comment \"{}\"", self.chains.display)
+        } else {
+            format!("-m comment --comment \"{} {suffix}\"", self.chains.display)
+        }
+    }
+
     fn shared(&mut self, table: TableName, chain: &'static str, rule: String) {
         self.out.shared.push((table, chain, rule));
     }
@@ -314,7 +382,7 @@ impl PortRenderer<'_> {
         format!(
             "-d {} -p {p} {} -m {p} --dport {}",
             host(ip),
-            comment(&format!("{} {note}", self.chains.display)),
+            self.note(note),
             self.port.port,
             p = self.proto
         )
@@ -322,14 +390,9 @@ impl PortRenderer<'_> {
 
     /// `-p P -m comment --comment "X[ NOTE]" -m P --dport NODEPORT`
     fn node_port(&self, port: u16, note: &str) -> String {
-        let text = if note.is_empty() {
-            self.chains.display.clone()
-        } else {
-            format!("{} {note}", self.chains.display)
-        };
         format!(
             "-p {p} {} -m {p} --dport {port}",
-            comment(&text),
+            self.note(note),
             p = self.proto
         )
     }
@@ -364,7 +427,7 @@ impl PortRenderer<'_> {
         if self.fam.load_balancer_ips.is_empty() {
             return;
         }
-        let note = comment(&format!("{} loadbalancer IP", self.chains.display));
+        let note = self.note("loadbalancer IP");
         for ip in &self.fam.load_balancer_ips {
             let rule = format!(
                 "-p {} {note} -m conntrack --ctorigdst {} --ctorigdstport {} -j {}",
@@ -381,14 +444,11 @@ impl PortRenderer<'_> {
             .collect();
         rules.push(format!(
             "{} -j DROP",
-            comment(&format!(
-                "{} other traffic to loadbalancer IP",
-                self.chains.display
-            ))
+            self.note("other traffic to loadbalancer IP")
         ));
         self.out
             .chains
-            .push((TableName::Filter, self.chains.fw.clone(), rules));
+            .push((TableName::Filter, self.chains.fw.clone(), lines(&self.chains.fw, rules)));
     }
 
     /// ClusterIP traffic; returns the endpoint chain it jumps to, if any.
@@ -454,7 +514,7 @@ impl PortRenderer<'_> {
                     return Vec::new();
                 }
                 rules.push(jump(
-                    &comment(&format!(
+                    &quoted(&format!(
                         "masquerade traffic for {display} external destinations"
                     )),
                     names::MARK_MASQ,
@@ -469,20 +529,20 @@ impl PortRenderer<'_> {
                     for net in pod_cidrs(self.config, self.fam.family) {
                         rules.push(format!(
                             "-s {net} {} -j {}",
-                            comment(&format!("pod traffic for {display} external destinations")),
+                            quoted(&format!("pod traffic for {display} external destinations")),
                             self.chains.svc
                         ));
                     }
                     rules.push(format!(
                         "{} -m addrtype --src-type LOCAL -j {}",
-                        comment(&format!(
+                        quoted(&format!(
                             "masquerade LOCAL traffic for {display} external destinations"
                         )),
                         names::MARK_MASQ
                     ));
                     rules.push(format!(
                         "{} -m addrtype --src-type LOCAL -j {}",
-                        comment(&format!(
+                        quoted(&format!(
                             "route LOCAL traffic for {display} external destinations"
                         )),
                         self.chains.svc
@@ -508,7 +568,7 @@ impl PortRenderer<'_> {
         }
         self.out
             .chains
-            .push((TableName::Nat, self.chains.ext.clone(), rules));
+            .push((TableName::Nat, self.chains.ext.clone(), lines(&self.chains.ext, rules)));
         used
     }
 
@@ -535,62 +595,66 @@ impl PortRenderer<'_> {
         &mut self,
         chain: &str,
         endpoints: &[SocketAddr],
-        sep_names: &BTreeMap<SocketAddr, String>,
+        texts: &BTreeMap<SocketAddr, EndpointText>,
         internal: bool,
     ) {
-        let mut rules = Vec::with_capacity(endpoints.len() * 2 + 1);
+        let display = &self.chains.display;
+        let mut body = String::with_capacity(endpoints.len() * 200 + 200);
         if internal && let Some(rule) = self.internal_masquerade() {
-            rules.push(rule);
+            let _ = writeln!(body, "-A {chain} {rule}");
         }
-        let seps: Vec<&str> = endpoints
-            .iter()
-            .filter_map(|e| sep_names.get(e).map(String::as_str))
-            .collect();
-        let notes: Vec<String> = endpoints
-            .iter()
-            .map(|e| comment(&format!("{} -> {e}", self.chains.display)))
-            .collect();
+        let eps: Vec<&EndpointText> = endpoints.iter().filter_map(|e| texts.get(e)).collect();
         if let Some(timeout) = self.port.affinity_timeout {
-            for (sep, note) in seps.iter().zip(&notes) {
-                rules.push(format!(
-                    "{note} -m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}"
-                ));
-            }
-        }
-        let n = endpoints.len();
-        for (i, (sep, note)) in seps.iter().zip(&notes).enumerate() {
-            let mut rule = note.clone();
-            if i + 1 < n {
-                let _ = write!(
-                    rule,
-                    " -m statistic --mode random --probability {:.10}",
-                    1.0 / (n - i) as f64
+            for e in &eps {
+                let _ = writeln!(
+                    body,
+                    "-A {chain} -m comment --comment \"{display} -> {}\" -m recent --name {} --rcheck --seconds {timeout} --reap -j {}",
+                    e.addr, e.sep, e.sep
                 );
             }
-            let _ = write!(rule, " -j {sep}");
-            rules.push(rule);
+        }
+        let n = eps.len();
+        for (i, e) in eps.iter().enumerate() {
+            let _ = write!(
+                body,
+                "-A {chain} -m comment --comment \"{display} -> {}\"",
+                e.addr
+            );
+            if i + 1 < n {
+                body.push_str(" -m statistic --mode random --probability ");
+                body.push_str(&probability(n - i));
+            }
+            body.push_str(" -j ");
+            body.push_str(&e.sep);
+            body.push('\n');
         }
         self.out
             .chains
-            .push((TableName::Nat, chain.to_string(), rules));
+            .push((TableName::Nat, chain.to_string(), body));
     }
 
-    fn endpoint(&mut self, endpoint: &SocketAddr, sep: String) {
-        let note = comment(&self.chains.display);
+    fn endpoint(&mut self, e: EndpointText) {
+        let display = &self.chains.display;
         let affinity = if self.port.affinity_timeout.is_some() {
-            format!(" -m recent --name {sep} --set")
+            format!(" -m recent --name {} --set", e.sep)
         } else {
             String::new()
         };
-        let rules = vec![
-            // Hairpin: an endpoint reaching itself must see the node as the source.
-            format!("-s {} {note} -j {}", host(endpoint.ip()), names::MARK_MASQ),
-            format!(
-                "-p {} {note}{affinity} -j DNAT --to-destination {endpoint}",
-                self.proto
-            ),
-        ];
-        self.out.chains.push((TableName::Nat, sep, rules));
+        let mut body = String::with_capacity(256);
+        // Hairpin: an endpoint reaching itself must see the node as the source.
+        let _ = writeln!(
+            body,
+            "-A {} -s {} -m comment --comment \"{display}\" -j {}",
+            e.sep,
+            e.host,
+            names::MARK_MASQ
+        );
+        let _ = writeln!(
+            body,
+            "-A {} -p {} -m comment --comment \"{display}\"{affinity} -j DNAT --to-destination {}",
+            e.sep, self.proto, e.addr
+        );
+        self.out.chains.push((TableName::Nat, e.sep, body));
     }
 
     fn render(mut self) -> PortRules {
@@ -608,19 +672,19 @@ impl PortRenderer<'_> {
             }
         };
         // Each endpoint's chain name is hashed once, whichever chains use it.
-        let sep_names: BTreeMap<SocketAddr, String> = chains
+        let texts: BTreeMap<SocketAddr, EndpointText> = chains
             .iter()
             .flat_map(|c| self.fam.endpoints(policy_of(c)))
-            .map(|e| (*e, self.chains.sep(&self.port.name, e)))
+            .map(|e| (*e, EndpointText::new(&self.chains, &self.port.name, e)))
             .collect();
         for chain in &chains {
             let fam = self.fam;
             let eps = fam.endpoints(policy_of(chain));
             let is_internal = internal.as_deref() == Some(chain.as_str());
-            self.endpoint_chain(chain, eps, &sep_names, is_internal);
+            self.endpoint_chain(chain, eps, &texts, is_internal);
         }
-        for (e, sep) in sep_names {
-            self.endpoint(&e, sep);
+        for text in texts.into_values() {
+            self.endpoint(text);
         }
         if let Some(hc) = self.port.health_check_node_port {
             let rule = format!(

@@ -13,12 +13,12 @@ mod support;
 
 use std::time::Duration;
 
-use svcroute_conformance::objects::{ServiceBuilder, SliceBuilder, ep};
+use svcroute_conformance::objects::{EndpointBuilder, ServiceBuilder, SliceBuilder, ep};
 use svcroute_core::decide::Verdict;
 use svcroute_core::model::{IpFamily, Protocol};
 use svcroute_core::watch::WatchEvent;
 
-use support::netns::{Reply, Request, SERVER_PORT, Topology};
+use support::netns::{NODE_NAME, Reply, Request, SERVER_PORT, Topology};
 use support::proxy::Proxy;
 
 const TCP: Protocol = Protocol::Tcp;
@@ -39,6 +39,16 @@ const LOCAL: &[&str] = &["ep1", "ep2"];
 /// How long to wait for an answer that must not come.
 const SHORT: Duration = Duration::from_secs(1);
 
+/// [`MANY`] TCP connections to `dst`.
+fn tcp(dst: &str) -> Request {
+    Request::new(TCP, dst, MANY)
+}
+
+/// [`MANY`] UDP exchanges with `dst`.
+fn udp(dst: &str) -> Request {
+    Request::new(UDP, dst, MANY)
+}
+
 /// A Service `default/NAME` with one ClusterIP per family and port `http` 80/TCP.
 fn service(name: &str, cluster_ips: &[&str]) -> ServiceBuilder {
     ServiceBuilder::new("default", name)
@@ -46,27 +56,40 @@ fn service(name: &str, cluster_ips: &[&str]) -> ServiceBuilder {
         .port("http", 80, "TCP")
 }
 
-/// The EndpointSlice `default/SERVICE-v4` (or `-v6`) listing `pods` on their nodes, with
-/// ports `http` 8080/TCP and `dns` 8080/UDP.
-fn slice(topo: &Topology, service: &str, family: IpFamily, pods: &[&str]) -> WatchEvent {
-    let (new, suffix): (fn(&str, &str, &str) -> SliceBuilder, _) = match family {
-        IpFamily::IPv4 => (SliceBuilder::ipv4, "v4"),
-        IpFamily::IPv6 => (SliceBuilder::ipv6, "v6"),
+/// The EndpointSlice `default/SERVICE-v4` (or `-v6`) with ports `http` 8080/TCP and `dns`
+/// 8080/UDP.
+fn endpoint_slice(
+    service: &str,
+    family: IpFamily,
+    endpoints: impl IntoIterator<Item = EndpointBuilder>,
+) -> WatchEvent {
+    let (address_type, suffix) = match family {
+        IpFamily::IPv4 => ("IPv4", "v4"),
+        IpFamily::IPv6 => ("IPv6", "v6"),
     };
+    let name = format!("{service}-{suffix}");
     let port = i64::from(SERVER_PORT);
-    pods.iter()
+    endpoints
+        .into_iter()
         .fold(
-            new("default", &format!("{service}-{suffix}"), service)
+            SliceBuilder::new("default", &name, service, address_type)
                 .port("http", port, "TCP")
                 .port("dns", port, "UDP"),
-            |slice, name| {
-                let pod = topo.pod(name);
-                slice.endpoint(ep(&pod.ip(family).to_string()).on(pod.node_name))
-            },
+            SliceBuilder::endpoint,
         )
         .apply()
 }
 
+/// The EndpointSlice of `service` for `family` listing `pods` (by name) on their nodes.
+fn slice(topo: &Topology, service: &str, family: IpFamily, pods: &[&str]) -> WatchEvent {
+    let endpoints = pods.iter().map(|name| {
+        let pod = topo.pod(name);
+        ep(&pod.ip(family).to_string()).on(pod.node_name)
+    });
+    endpoint_slice(service, family, endpoints)
+}
+
+/// ClusterIP over IPv4, TCP and UDP: a pod and the node itself reach every endpoint.
 #[test]
 fn cluster_ip_ipv4() {
     let Some(topo) = Topology::new("cluster_ip_ipv4") else {
@@ -82,17 +105,13 @@ fn cluster_ip_ipv4() {
         ],
     );
     let client = topo.pod("client");
-    proxy.expect_endpoints(&topo, client, Request::new(TCP, "10.96.0.10:80", MANY), ALL);
-    proxy.expect_endpoints(&topo, client, Request::new(UDP, "10.96.0.10:53", MANY), ALL);
+    proxy.expect_endpoints(&topo, client, tcp("10.96.0.10:80"), ALL);
+    proxy.expect_endpoints(&topo, client, udp("10.96.0.10:53"), ALL);
     // From the node itself (source 192.168.50.1): masqueraded, same endpoints.
-    proxy.expect_endpoints(
-        &topo,
-        &topo.node,
-        Request::new(TCP, "10.96.0.10:80", MANY),
-        ALL,
-    );
+    proxy.expect_endpoints(&topo, &topo.node, tcp("10.96.0.10:80"), ALL);
 }
 
+/// ClusterIP over IPv6, TCP and UDP: a pod and the node itself reach every endpoint.
 #[test]
 fn cluster_ip_ipv6() {
     let Some(topo) = Topology::new("cluster_ip_ipv6") else {
@@ -108,26 +127,12 @@ fn cluster_ip_ipv6() {
         ],
     );
     let client = topo.pod("client");
-    proxy.expect_endpoints(
-        &topo,
-        client,
-        Request::new(TCP, "[fd00:96::10]:80", MANY),
-        ALL,
-    );
-    proxy.expect_endpoints(
-        &topo,
-        client,
-        Request::new(UDP, "[fd00:96::10]:53", MANY),
-        ALL,
-    );
-    proxy.expect_endpoints(
-        &topo,
-        &topo.node,
-        Request::new(TCP, "[fd00:96::10]:80", MANY),
-        ALL,
-    );
+    proxy.expect_endpoints(&topo, client, tcp("[fd00:96::10]:80"), ALL);
+    proxy.expect_endpoints(&topo, client, udp("[fd00:96::10]:53"), ALL);
+    proxy.expect_endpoints(&topo, &topo.node, tcp("[fd00:96::10]:80"), ALL);
 }
 
+/// NodePort, eTP=Cluster: the external client reaches every endpoint over both families.
 #[test]
 fn node_port_cluster_policy() {
     let Some(topo) = Topology::new("node_port_cluster_policy") else {
@@ -146,20 +151,12 @@ fn node_port_cluster_policy() {
         ],
     );
     // eTP=Cluster: the external client reaches every endpoint, remote ones included.
-    proxy.expect_endpoints(
-        &topo,
-        &topo.ext,
-        Request::new(TCP, "192.168.50.1:30030", MANY),
-        ALL,
-    );
-    proxy.expect_endpoints(
-        &topo,
-        &topo.ext,
-        Request::new(TCP, "[fd00:50::1]:30030", MANY),
-        ALL,
-    );
+    proxy.expect_endpoints(&topo, &topo.ext, tcp("192.168.50.1:30030"), ALL);
+    proxy.expect_endpoints(&topo, &topo.ext, tcp("[fd00:50::1]:30030"), ALL);
 }
 
+/// NodePort, eTP=Local: the external client reaches only this node's endpoints; pods and the
+/// node itself reach all.
 #[test]
 fn node_port_local_policy() {
     let Some(topo) = Topology::new("node_port_local_policy") else {
@@ -179,40 +176,16 @@ fn node_port_local_policy() {
         ],
     );
     // External clients reach the local endpoints only (and keep their address).
-    proxy.expect_endpoints(
-        &topo,
-        &topo.ext,
-        Request::new(TCP, "192.168.50.1:30040", MANY),
-        LOCAL,
-    );
-    proxy.expect_endpoints(
-        &topo,
-        &topo.ext,
-        Request::new(TCP, "[fd00:50::1]:30040", MANY),
-        LOCAL,
-    );
+    proxy.expect_endpoints(&topo, &topo.ext, tcp("192.168.50.1:30040"), LOCAL);
+    proxy.expect_endpoints(&topo, &topo.ext, tcp("[fd00:50::1]:30040"), LOCAL);
     // Pods short-circuit to every endpoint; the node's own traffic is masqueraded to all.
     let client = topo.pod("client");
-    proxy.expect_endpoints(
-        &topo,
-        client,
-        Request::new(TCP, "192.168.50.1:30040", MANY),
-        ALL,
-    );
-    proxy.expect_endpoints(
-        &topo,
-        client,
-        Request::new(TCP, "[fd00:50::1]:30040", MANY),
-        ALL,
-    );
-    proxy.expect_endpoints(
-        &topo,
-        &topo.node,
-        Request::new(TCP, "192.168.50.1:30040", MANY),
-        ALL,
-    );
+    proxy.expect_endpoints(&topo, client, tcp("192.168.50.1:30040"), ALL);
+    proxy.expect_endpoints(&topo, client, tcp("[fd00:50::1]:30040"), ALL);
+    proxy.expect_endpoints(&topo, &topo.node, tcp("192.168.50.1:30040"), ALL);
 }
 
+/// iTP=Local: a pod reaches only this node's endpoints; with none here, nothing.
 #[test]
 fn internal_policy_local() {
     let Some(topo) = Topology::new("internal_policy_local") else {
@@ -232,17 +205,13 @@ fn internal_policy_local() {
         ],
     );
     let client = topo.pod("client");
-    proxy.expect_endpoints(
-        &topo,
-        client,
-        Request::new(TCP, "10.96.0.50:80", MANY),
-        LOCAL,
-    );
+    proxy.expect_endpoints(&topo, client, tcp("10.96.0.50:80"), LOCAL);
     // Endpoints only on other nodes: dropped.
     let remote = Request::new(TCP, "10.96.0.51:80", 1).timeout(SHORT);
     proxy.expect_no_answer(&topo, client, remote, Verdict::Drop);
 }
 
+/// externalIPs: the external client and a pod reach every endpoint.
 #[test]
 fn external_ips() {
     let Some(topo) = Topology::new("external_ips") else {
@@ -259,27 +228,14 @@ fn external_ips() {
             slice(&topo, "ext", V6, ALL),
         ],
     );
-    proxy.expect_endpoints(
-        &topo,
-        &topo.ext,
-        Request::new(TCP, "203.0.113.60:80", MANY),
-        ALL,
-    );
-    proxy.expect_endpoints(
-        &topo,
-        &topo.ext,
-        Request::new(TCP, "[2001:db8::60]:80", MANY),
-        ALL,
-    );
+    proxy.expect_endpoints(&topo, &topo.ext, tcp("203.0.113.60:80"), ALL);
+    proxy.expect_endpoints(&topo, &topo.ext, tcp("[2001:db8::60]:80"), ALL);
     let client = topo.pod("client");
-    proxy.expect_endpoints(
-        &topo,
-        client,
-        Request::new(TCP, "203.0.113.60:80", MANY),
-        ALL,
-    );
+    proxy.expect_endpoints(&topo, client, tcp("203.0.113.60:80"), ALL);
 }
 
+/// LB IPs with loadBalancerSourceRanges: the allowed client gets through, the other is
+/// dropped; the NodePort is not filtered.
 #[test]
 fn load_balancer_source_ranges() {
     let Some(topo) = Topology::new("load_balancer_source_ranges") else {
@@ -303,19 +259,15 @@ fn load_balancer_source_ranges() {
     );
     // The allowed client gets through; the other address of the LAN gets nothing.
     for lb in ["198.51.100.70:80", "[2001:db8:70::70]:80"] {
-        proxy.expect_endpoints(&topo, &topo.ext, Request::new(TCP, lb, MANY), ALL);
+        proxy.expect_endpoints(&topo, &topo.ext, tcp(lb), ALL);
         let denied = Request::new(TCP, lb, 1).timeout(SHORT);
         proxy.expect_no_answer(&topo, &topo.ext_other, denied, Verdict::Drop);
     }
     // Source ranges filter the LB IPs only, not the NodePort.
-    proxy.expect_endpoints(
-        &topo,
-        &topo.ext_other,
-        Request::new(TCP, "192.168.50.1:30070", MANY),
-        ALL,
-    );
+    proxy.expect_endpoints(&topo, &topo.ext_other, tcp("192.168.50.1:30070"), ALL);
 }
 
+/// Hairpin: a pod reaches itself through its Service, masqueraded on its own branch only.
 #[test]
 fn hairpin() {
     let Some(topo) = Topology::new("hairpin") else {
@@ -332,7 +284,7 @@ fn hairpin() {
     let ep1 = topo.pod("ep1");
     for (family, dst) in [(V4, "10.96.0.80:80"), (V6, "[fd00:96::80]:80")] {
         // ep1 reaches itself (and ep2) through its own Service.
-        let decision = proxy.expect_endpoints(&topo, ep1, Request::new(TCP, dst, MANY), LOCAL);
+        let decision = proxy.expect_endpoints(&topo, ep1, tcp(dst), LOCAL);
         // Only its own branch is masqueraded (or the reply would bypass the node).
         let Verdict::Dnat(endpoints) = &decision.verdict else {
             panic!("{decision:?}");
@@ -344,6 +296,7 @@ fn hairpin() {
     }
 }
 
+/// ClientIP affinity: each client keeps one endpoint over all its connections.
 #[test]
 fn session_affinity_client_ip() {
     let Some(topo) = Topology::new("session_affinity_client_ip") else {
@@ -366,6 +319,8 @@ fn session_affinity_client_ip() {
     }
 }
 
+/// No endpoints, or a port the Service lacks: refused at once; an unallocated service IP:
+/// dropped.
 #[test]
 fn no_endpoints_reject() {
     let Some(topo) = Topology::new("no_endpoints_reject") else {
@@ -383,8 +338,8 @@ fn no_endpoints_reject() {
     );
     let client = topo.pod("client");
     // ECONNREFUSED proves the REJECT: a DROP would time out. IPv4 is refused at once; over
-    // IPv6 the kernel's TCP ignores the ICMPv6 error of the first SYN (it arrives while
-    // `connect` still holds the socket) and is refused on the retransmission, after 1 s.
+    // IPv6 the kernel's TCP does not act on the ICMPv6 error answering the first SYN (the
+    // same with a bare ip6tables REJECT rule) and is refused on the retransmission, after 1 s.
     let refused = [
         Request::new(TCP, "10.96.0.100:80", 3),
         Request::new(TCP, "[fd00:96::100]:80", 1),
@@ -401,6 +356,9 @@ fn no_endpoints_reject() {
     proxy.expect_no_answer(&topo, client, unallocated, Verdict::Drop);
 }
 
+/// Removing the endpoint of a live UDP flow (applied incrementally) deletes its conntrack
+/// entry: the flow's next datagram, from the same source port, reaches a remaining endpoint
+/// although the removed one still answers.
 #[test]
 fn udp_endpoint_removal_flushes_conntrack() {
     let Some(topo) = Topology::new("udp_endpoint_removal_flushes_conntrack") else {
@@ -419,7 +377,7 @@ fn udp_endpoint_removal_flushes_conntrack() {
     );
     let client = topo.pod("client");
     for (family, dst) in [(V4, "10.96.0.53:53"), (V6, "[fd00:96::53]:53")] {
-        proxy.expect_endpoints(&topo, client, Request::new(UDP, dst, MANY), ALL);
+        proxy.expect_endpoints(&topo, client, udp(dst), ALL);
         // A flow from a fixed source port sticks to one endpoint (its conntrack entry).
         let fixed = Request::new(UDP, dst, 5).source_port(40053);
         let replies = topo.send(client, &fixed);
@@ -443,7 +401,7 @@ fn udp_endpoint_removal_flushes_conntrack() {
                 .all(|r| matches!(r, Reply::From(name) if remaining.contains(&name.as_str()))),
             "{dst} from port 40053 after {gone} was removed (remaining {remaining:?}): {replies:?}"
         );
-        proxy.expect_endpoints(&topo, client, Request::new(UDP, dst, MANY), &remaining);
+        proxy.expect_endpoints(&topo, client, udp(dst), &remaining);
     }
 }
 
@@ -501,6 +459,8 @@ fn our_chains(rules: &[String], table: &str) -> Vec<String> {
         .collect()
 }
 
+/// A restarted proxy adopts the rules of the previous run (no duplicate hooks, stale chains
+/// deleted), and `cleanup` removes all of ours and only ours.
 #[test]
 fn cleanup_keeps_foreign_rules_and_a_restart_adopts_ours() {
     let Some(topo) = Topology::node_only("cleanup_keeps_foreign_rules_and_a_restart_adopts_ours")
@@ -511,24 +471,14 @@ fn cleanup_keeps_foreign_rules_and_a_restart_adopts_ours() {
         topo.restore(family, FOREIGN);
     }
     let baseline = IpFamily::ALL.map(|f| rules(&topo.save(f)));
-    let literal_slice = |family: IpFamily, service: &str, ips: &[&str]| {
-        let slice = match family {
-            IpFamily::IPv4 => SliceBuilder::ipv4("default", &format!("{service}-v4"), service),
-            IpFamily::IPv6 => SliceBuilder::ipv6("default", &format!("{service}-v6"), service),
-        };
-        ips.iter()
-            .fold(slice.port("http", 8080, "TCP"), |s, ip| {
-                s.endpoint(ep(ip).on(support::netns::NODE_NAME))
-            })
-            .apply()
-    };
+    let here = |ip: &str| ep(ip).on(NODE_NAME);
     // Every kind of chain: NodePort with eTP=Local, LB firewall, affinity, no endpoints.
     let objects = [
         service("web", &["10.96.0.10", "fd00:96::10"])
             .client_ip_affinity(Some(60))
             .apply(),
-        literal_slice(V4, "web", &["10.244.0.11", "10.244.0.12"]),
-        literal_slice(V6, "web", &["fd00:244::11"]),
+        endpoint_slice("web", V4, [here("10.244.0.11"), here("10.244.0.12")]),
+        endpoint_slice("web", V6, [here("fd00:244::11")]),
         service("empty", &["10.96.0.20", "fd00:96::20"]).apply(),
         ServiceBuilder::new("default", "lb")
             .load_balancer()
@@ -541,8 +491,8 @@ fn cleanup_keeps_foreign_rules_and_a_restart_adopts_ours() {
             .external_policy_local()
             .health_check_node_port(31030)
             .apply(),
-        literal_slice(V4, "lb", &["10.244.0.11"]),
-        literal_slice(V6, "lb", &["fd00:244::11"]),
+        endpoint_slice("lb", V4, [here("10.244.0.11")]),
+        endpoint_slice("lb", V6, [here("fd00:244::11")]),
     ];
     let _first = Proxy::start(&topo, &objects);
     let programmed = IpFamily::ALL.map(|f| rules(&topo.save(f)));

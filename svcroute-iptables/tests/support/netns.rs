@@ -171,6 +171,20 @@ pub fn run_in_with_input(ns: &str, program: &str, args: &[&str], input: &str) {
     );
 }
 
+/// Runs `ip -n NS COMMAND` (COMMAND split at spaces).
+fn ip(ns: &str, command: &str) {
+    let mut args = vec!["-n", ns];
+    args.extend(command.split_whitespace());
+    run("ip", &args);
+}
+
+/// Sets `key=value` sysctls (separated by spaces) inside a namespace.
+fn sysctl(ns: &str, settings: &str) {
+    let mut args = vec!["-qw"];
+    args.extend(settings.split_whitespace());
+    run_in(ns, "sysctl", &args);
+}
+
 fn is_root() -> bool {
     // "Uid: real effective saved fs"
     std::fs::read_to_string("/proc/self/status")
@@ -348,10 +362,6 @@ pub struct Topology {
     servers: Vec<Child>,
 }
 
-fn v4(s: &str) -> IpAddr {
-    s.parse().expect("IPv4 literal")
-}
-
 impl Topology {
     /// The node, its pods with their servers, and the LAN; `None` (after printing SKIPPED)
     /// when kernel tests cannot run here.
@@ -372,7 +382,7 @@ impl Topology {
         let host = |name: &str, ns: &str, a: &str, b: &str| Host {
             name: name.to_string(),
             ns: ns.to_string(),
-            v4: v4(a),
+            v4: a.parse().expect("IPv4 literal"),
             v6: b.parse().expect("IPv6 literal"),
             node_name: NODE_NAME,
         };
@@ -393,30 +403,21 @@ impl Topology {
         };
         let node = topo.node.ns.clone();
         topo.add_namespace(&node);
-        run_in(
+        sysctl(
             &node,
-            "sysctl",
-            &[
-                "-qw",
-                "net.ipv4.ip_forward=1",
-                "net.ipv6.conf.all.forwarding=1",
-                "net.ipv4.conf.all.send_redirects=0",
-                "net.ipv4.conf.default.send_redirects=0",
-            ],
+            "net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+             net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.default.send_redirects=0",
         );
         if !with_pods {
             return Some(topo);
         }
         topo.add_lan();
         for (i, &(name, n, node_name, _)) in PODS.iter().enumerate() {
+            let ns = format!("{prefix}-{name}");
+            let (a, b) = (format!("10.244.0.{n}"), format!("fd00:244::{n}"));
             let pod = Host {
                 node_name,
-                ..host(
-                    name,
-                    &format!("{prefix}-{name}"),
-                    &format!("10.244.0.{n}"),
-                    &format!("fd00:244::{n}"),
-                )
+                ..host(name, &ns, &a, &b)
             };
             topo.add_pod(&pod, &format!("vp{i}"));
             topo.pods.push(pod);
@@ -430,135 +431,61 @@ impl Topology {
     fn add_namespace(&mut self, ns: &str) {
         self.namespaces.push(ns.to_string());
         run("ip", &["netns", "add", ns]);
-        run("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        run_in(
+        ip(ns, "link set lo up");
+        sysctl(
             ns,
-            "sysctl",
-            &[
-                "-qw",
-                "net.ipv6.conf.all.accept_dad=0",
-                "net.ipv6.conf.default.accept_dad=0",
-            ],
+            "net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0",
         );
     }
 
     fn add_lan(&mut self) {
         let (node, ext) = (self.node.ns.clone(), self.ext.ns.clone());
         self.add_namespace(&ext);
-        let ip = |args: &[&str]| run("ip", args);
-        ip(&[
-            "-n", &node, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns",
-            &ext,
-        ]);
-        ip(&["-n", &node, "addr", "add", "192.168.50.1/24", "dev", "lan0"]);
-        ip(&[
-            "-n",
+        ip(
             &node,
-            "addr",
-            "add",
-            "fd00:50::1/64",
-            "dev",
-            "lan0",
-            "nodad",
-        ]);
-        ip(&["-n", &node, "link", "set", "lan0", "up"]);
+            &format!("link add lan0 type veth peer name eth0 netns {ext}"),
+        );
+        ip(&node, "addr add 192.168.50.1/24 dev lan0");
+        ip(&node, "addr add fd00:50::1/64 dev lan0 nodad");
+        ip(&node, "link set lan0 up");
         // Node-originated traffic to service IPs needs a route (and picks the LAN address).
-        ip(&[
-            "-n",
-            &node,
-            "route",
-            "add",
-            "default",
-            "via",
-            "192.168.50.2",
-        ]);
-        ip(&[
-            "-n",
-            &node,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd00:50::2",
-        ]);
-        for addr in ["192.168.50.2/24", "192.168.50.3/24"] {
-            ip(&["-n", &ext, "addr", "add", addr, "dev", "eth0"]);
-        }
-        for addr in ["fd00:50::2/64", "fd00:50::3/64"] {
-            ip(&["-n", &ext, "addr", "add", addr, "dev", "eth0", "nodad"]);
-        }
-        ip(&["-n", &ext, "link", "set", "eth0", "up"]);
+        ip(&node, "route add default via 192.168.50.2");
+        ip(&node, "-6 route add default via fd00:50::2");
+        ip(&ext, "addr add 192.168.50.2/24 dev eth0");
+        ip(&ext, "addr add 192.168.50.3/24 dev eth0");
+        ip(&ext, "addr add fd00:50::2/64 dev eth0 nodad");
+        ip(&ext, "addr add fd00:50::3/64 dev eth0 nodad");
+        ip(&ext, "link set eth0 up");
         for net in ["10.96.0.0/16", "203.0.113.0/24", "198.51.100.0/24"] {
-            ip(&["-n", &ext, "route", "add", net, "via", "192.168.50.1"]);
+            ip(&ext, &format!("route add {net} via 192.168.50.1"));
         }
         for net in ["fd00:96::/108", "2001:db8::/32"] {
-            ip(&["-n", &ext, "-6", "route", "add", net, "via", "fd00:50::1"]);
+            ip(&ext, &format!("-6 route add {net} via fd00:50::1"));
         }
     }
 
     /// A pod on a routed veth: `/32` and `/128` host routes on the node side, a default route
     /// via the node's gateway address (the same on every veth) on the pod side.
-    fn add_pod(&mut self, pod: &Host, node_if: &str) {
+    fn add_pod(&mut self, pod: &Host, veth: &str) {
         let (node, ns) = (self.node.ns.clone(), pod.ns.clone());
         self.add_namespace(&ns);
-        let ip = |args: &[&str]| run("ip", args);
-        let (pod4, pod6) = (format!("{}/32", pod.v4), format!("{}/128", pod.v6));
-        ip(&[
-            "-n", &node, "link", "add", node_if, "type", "veth", "peer", "name", "eth0", "netns",
-            &ns,
-        ]);
-        ip(&["-n", &node, "addr", "add", "10.244.0.1/32", "dev", node_if]);
-        ip(&[
-            "-n",
+        let (v4, v6) = (pod.v4, pod.v6);
+        ip(
             &node,
-            "addr",
-            "add",
-            "fd00:244::1/128",
-            "dev",
-            node_if,
-            "nodad",
-        ]);
-        ip(&["-n", &node, "link", "set", node_if, "up"]);
-        ip(&["-n", &node, "route", "add", &pod4, "dev", node_if]);
-        ip(&["-n", &node, "-6", "route", "add", &pod6, "dev", node_if]);
-        ip(&["-n", &ns, "addr", "add", &pod4, "dev", "eth0"]);
-        ip(&["-n", &ns, "addr", "add", &pod6, "dev", "eth0", "nodad"]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        ip(&["-n", &ns, "route", "add", "10.244.0.1", "dev", "eth0"]);
-        ip(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.244.0.1",
-            "dev",
-            "eth0",
-        ]);
-        ip(&[
-            "-n",
-            &ns,
-            "-6",
-            "route",
-            "add",
-            "fd00:244::1",
-            "dev",
-            "eth0",
-        ]);
-        ip(&[
-            "-n",
-            &ns,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd00:244::1",
-            "dev",
-            "eth0",
-        ]);
+            &format!("link add {veth} type veth peer name eth0 netns {ns}"),
+        );
+        ip(&node, &format!("addr add 10.244.0.1/32 dev {veth}"));
+        ip(&node, &format!("addr add fd00:244::1/128 dev {veth} nodad"));
+        ip(&node, &format!("link set {veth} up"));
+        ip(&node, &format!("route add {v4}/32 dev {veth}"));
+        ip(&node, &format!("-6 route add {v6}/128 dev {veth}"));
+        ip(&ns, &format!("addr add {v4}/32 dev eth0"));
+        ip(&ns, &format!("addr add {v6}/128 dev eth0 nodad"));
+        ip(&ns, "link set eth0 up");
+        ip(&ns, "route add 10.244.0.1 dev eth0");
+        ip(&ns, "route add default via 10.244.0.1 dev eth0");
+        ip(&ns, "-6 route add fd00:244::1 dev eth0");
+        ip(&ns, "-6 route add default via fd00:244::1 dev eth0");
     }
 
     /// Starts a server in every endpoint pod and waits (10 s at most) until all listen.
@@ -680,8 +607,13 @@ impl Drop for Topology {
             let _ = server.wait();
         }
         for ns in self.namespaces.iter().rev() {
-            if let Err(e) = Command::new("ip").args(["netns", "del", ns]).output() {
-                eprintln!("cannot delete namespace {ns}: {e}");
+            match Command::new("ip").args(["netns", "del", ns]).output() {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!(
+                    "cannot delete namespace {ns}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Err(e) => eprintln!("cannot delete namespace {ns}: {e}"),
             }
         }
     }
