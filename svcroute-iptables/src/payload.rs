@@ -11,8 +11,9 @@
 //! names (each command's chain is inserted into a sorted linked list of chains to fetch,
 //! `cache_chain_list_insert`): 10,000 services × 3 endpoints take about three minutes. A
 //! command naming no chain makes it fetch every chain instead and skip that list; `-S` (list
-//! all rules) is such a command and changes nothing. Payloads that name many chains start
-//! with it: the same restore then takes seconds.
+//! all rules) is such a command and changes nothing. Payloads that name many chains carry it,
+//! after their built-in chain commands (see [`FamilyState::full_payload`]): the same restore
+//! then takes about three seconds.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
@@ -279,15 +280,10 @@ impl FamilyState {
             remove_hooks(table, current, &mut block);
 
             let _ = writeln!(out, "*{table}");
-            if nft_workaround && named > CHAIN_CACHE_WORKAROUND_THRESHOLD {
-                out.push_str("-S\n");
-            }
-            let declared = shared
-                .iter()
-                .map(|(c, _)| *c)
-                .chain(owned.iter().map(|(c, _)| c.as_str()))
-                .chain(stale.iter().map(|c| c.as_str()));
-            for chain in declared {
+            // Hooks first, with the fixed chains they jump to: on a node where the table does
+            // not exist yet, iptables-nft creates built-in chains only for commands that come
+            // before `-S` (after it, its complete cache says they are missing).
+            for (chain, _) in &shared {
                 let _ = writeln!(out, ":{chain} - [0:0]");
             }
             for line in &block.deletes {
@@ -300,6 +296,16 @@ impl FamilyState {
                         let _ = writeln!(out, "-I {builtin} {} {rule}", i + 1);
                     }
                 }
+            }
+            if nft_workaround && named > CHAIN_CACHE_WORKAROUND_THRESHOLD {
+                out.push_str("-S\n");
+            }
+            for chain in owned
+                .iter()
+                .map(|(c, _)| c.as_str())
+                .chain(stale.iter().map(|c| c.as_str()))
+            {
+                let _ = writeln!(out, ":{chain} - [0:0]");
             }
             let mut append = |chain: &str, rule: &str| {
                 out.push_str("-A ");

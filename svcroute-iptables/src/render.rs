@@ -2,13 +2,17 @@
 //! port becomes its own chains plus rules in the shared chains ([`port_rules`]). The layout is
 //! drawn in the crate docs.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::IpNet;
 use svcroute_core::model::{IpFamily, NodePortAddresses, ProxyConfig, TrafficPolicy};
-use svcroute_core::select::{FamilyRouting, NoEndpointVerdict, ResolvedServicePort};
+use svcroute_core::select::{
+    FamilyRouting, NoEndpointVerdict, ResolvedServicePort, ServicePortName,
+};
 
 use crate::names::{self, PortChains, comment};
 use crate::ruleset::TableName;
@@ -321,7 +325,7 @@ struct EndpointText {
 }
 
 impl EndpointText {
-    fn new(chains: &PortChains, name: &svcroute_core::select::ServicePortName, e: &SocketAddr) -> Self {
+    fn new(chains: &PortChains, name: &ServicePortName, e: &SocketAddr) -> Self {
         let addr = e.to_string();
         let ip = match e {
             SocketAddr::V4(_) => addr.rsplit_once(':').map_or("", |(ip, _)| ip),
@@ -343,12 +347,13 @@ impl EndpointText {
 
 /// `1/k` as iptables-restore is given it (`%.10f`, as kube-proxy prints it), for small `k`
 /// computed once: printing floats is a large share of a full render.
-fn probability(k: usize) -> String {
-    static TABLE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| (1..=256).map(|k| format!("{:.10}", 1.0 / k as f64)).collect());
+fn probability(k: usize) -> Cow<'static, str> {
+    static TABLE: OnceLock<Vec<String>> = OnceLock::new();
+    let table =
+        TABLE.get_or_init(|| (1..=256).map(|k| format!("{:.10}", 1.0 / k as f64)).collect());
     match table.get(k.wrapping_sub(1)) {
-        Some(p) => p.clone(),
-        None => format!("{:.10}", 1.0 / k as f64),
+        Some(p) => Cow::Borrowed(p.as_str()),
+        None => Cow::Owned(format!("{:.10}", 1.0 / k as f64)),
     }
 }
 

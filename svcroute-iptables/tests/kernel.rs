@@ -89,6 +89,26 @@ fn slice(topo: &Topology, service: &str, family: IpFamily, pods: &[&str]) -> Wat
     endpoint_slice(service, family, endpoints)
 }
 
+/// A cold sync big enough for the iptables-nft chain-cache workaround (`-S` in the payload)
+/// on a node whose nat table does not exist yet: the built-in chains must still be created.
+#[test]
+fn cold_sync_with_many_chains_on_a_fresh_node() {
+    let Some(topo) = Topology::new("cold_sync_many_chains") else {
+        return;
+    };
+    let mut objects = Vec::new();
+    for i in 0..40 {
+        let name = format!("web{i}");
+        objects.push(service(&name, &[&format!("10.96.1.{}", i + 1)]).apply());
+        objects.push(slice(&topo, &name, V4, ALL));
+    }
+    let proxy = Proxy::start(&topo, &objects);
+    let payload_chains = topo.save(V4).matches(":KUBE-SEP-").count();
+    assert_eq!(payload_chains, 40 * ALL.len(), "every endpoint chain programmed");
+    let client = topo.pod("client");
+    proxy.expect_endpoints(&topo, client, tcp("10.96.1.40:80"), ALL);
+}
+
 /// ClusterIP over IPv4, TCP and UDP: a pod and the node itself reach every endpoint.
 #[test]
 fn cluster_ip_ipv4() {
