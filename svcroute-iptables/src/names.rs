@@ -169,7 +169,11 @@ pub fn escape_comment(text: &str) -> String {
             c if c.is_control() => " ",
             _ => "",
         };
-        let len = if piece.is_empty() { c.len_utf8() } else { piece.len() };
+        let len = if piece.is_empty() {
+            c.len_utf8()
+        } else {
+            piece.len()
+        };
         if out.len() + len > LIMIT {
             break;
         }

@@ -4,9 +4,9 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::OnceLock;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::OnceLock;
 
 use ipnet::IpNet;
 use svcroute_core::model::{IpFamily, NodePortAddresses, ProxyConfig, TrafficPolicy};
@@ -349,8 +349,11 @@ impl EndpointText {
 /// computed once: printing floats is a large share of a full render.
 fn probability(k: usize) -> Cow<'static, str> {
     static TABLE: OnceLock<Vec<String>> = OnceLock::new();
-    let table =
-        TABLE.get_or_init(|| (1..=256).map(|k| format!("{:.10}", 1.0 / k as f64)).collect());
+    let table = TABLE.get_or_init(|| {
+        (1..=256)
+            .map(|k| format!("{:.10}", 1.0 / k as f64))
+            .collect()
+    });
     match table.get(k.wrapping_sub(1)) {
         Some(p) => Cow::Borrowed(p.as_str()),
         None => Cow::Owned(format!("{:.10}", 1.0 / k as f64)),
@@ -451,9 +454,11 @@ impl PortRenderer<'_> {
             "{} -j DROP",
             self.note("other traffic to loadbalancer IP")
         ));
-        self.out
-            .chains
-            .push((TableName::Filter, self.chains.fw.clone(), lines(&self.chains.fw, rules)));
+        self.out.chains.push((
+            TableName::Filter,
+            self.chains.fw.clone(),
+            lines(&self.chains.fw, rules),
+        ));
     }
 
     /// ClusterIP traffic; returns the endpoint chain it jumps to, if any.
@@ -571,9 +576,11 @@ impl PortRenderer<'_> {
             let rule = jump(&self.node_port(np, ""), &self.chains.ext);
             self.shared(TableName::Nat, names::NODEPORTS, rule);
         }
-        self.out
-            .chains
-            .push((TableName::Nat, self.chains.ext.clone(), lines(&self.chains.ext, rules)));
+        self.out.chains.push((
+            TableName::Nat,
+            self.chains.ext.clone(),
+            lines(&self.chains.ext, rules),
+        ));
         used
     }
 

@@ -104,7 +104,11 @@ fn cold_sync_with_many_chains_on_a_fresh_node() {
     }
     let proxy = Proxy::start(&topo, &objects);
     let payload_chains = topo.save(V4).matches(":KUBE-SEP-").count();
-    assert_eq!(payload_chains, 40 * ALL.len(), "every endpoint chain programmed");
+    assert_eq!(
+        payload_chains,
+        40 * ALL.len(),
+        "every endpoint chain programmed"
+    );
     let client = topo.pod("client");
     proxy.expect_endpoints(&topo, client, tcp("10.96.1.40:80"), ALL);
 }
