@@ -75,10 +75,11 @@ fn run(w: Workload, mode: IptablesMode, options: Options, runtime: &tokio::runti
         .expect("full sync");
     let full = start.elapsed();
 
+    // Even changes take the endpoint out (not ready), odd ones put it back.
     let original = w.slice(w.changed_index());
     let flipped = flip_first_endpoint(&original);
-    let mut times = Vec::new();
-    let mut bytes = Vec::new();
+    let mut removals = Vec::new();
+    let mut additions = Vec::new();
     for i in 0..CHANGES {
         let slice = if i % 2 == 0 {
             flipped.clone()
@@ -91,19 +92,31 @@ fn run(w: Workload, mode: IptablesMode, options: Options, runtime: &tokio::runti
         let r = runtime
             .block_on(dp.apply(state.desired(), &changes))
             .expect("apply");
-        times.push(start.elapsed());
-        bytes.push(r.bytes);
+        let sample = (start.elapsed(), r.bytes);
+        if i % 2 == 0 {
+            removals.push(sample);
+        } else {
+            additions.push(sample);
+        }
     }
-    bytes.sort();
+    let summary = |samples: &[(Duration, usize)]| {
+        let times: Vec<Duration> = samples.iter().map(|s| s.0).collect();
+        let max = times.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1e3);
+        format!(
+            "{:>6.1} ms (max {:>6.1}), {:>5} B",
+            median(times).as_secs_f64() * 1e3,
+            max,
+            samples.iter().map(|s| s.1).max().unwrap_or(0)
+        )
+    };
     println!(
-        "{:>9} {:>6}: full sync {:>8.2} s, {:>10} bytes; one-endpoint change median {:>7.1} ms (max {:>7.1} ms), {} bytes",
+        "{:>9} {:>6}: full sync {:>6.2} s, {:>10} B; endpoint out: {}; endpoint back: {}",
         w.id(),
         mode.as_str(),
         full.as_secs_f64(),
         report.bytes,
-        median(times.clone()).as_secs_f64() * 1e3,
-        times.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1e3),
-        bytes[bytes.len() / 2],
+        summary(&removals),
+        summary(&additions),
     );
 }
 

@@ -46,10 +46,11 @@
 //!
 //! # Incremental writes
 //!
-//! The shadow records each chain's rules. A sync rewrites a per-service chain only when its
-//! rules changed, deletes chains that disappeared, and edits the shared top-level chains rule
-//! by rule (`-D` and `-I` at the sorted position), so a change to one service costs the same
-//! payload whatever the number of services.
+//! The shadow records each chain's rules. A sync touches a per-service chain only when its
+//! rules changed (rule by rule when that is shorter than rewriting it: taking one endpoint out
+//! of a cascade is often a single `-D`), deletes chains that disappeared, and edits the shared
+//! top-level chains rule by rule (`-D` and `-I` at the sorted position), so a change to one
+//! service costs the same payload whatever the number of services.
 
 #![forbid(unsafe_code)]
 

@@ -2,9 +2,10 @@
 //! program it: a full sync against whatever the kernel holds, or an incremental one that
 //! writes only what changed.
 //!
-//! Incremental payloads rewrite a per-service chain only when its rules changed, delete chains
-//! that disappeared, and edit shared chains rule by rule: `-D` a rule by its text, `-I` a new
-//! one at its sorted position. Shared chains keep head rules, sorted service rules, then tail
+//! Incremental payloads touch a per-service chain only when its rules changed (editing it rule
+//! by rule when that is shorter than rewriting it, see `edit_script`), delete chains that
+//! disappeared, and edit shared chains rule by rule: `-D` a rule by its text, `-I` a new one at
+//! its sorted position. Shared chains keep head rules, sorted service rules, then tail
 //! rules, so an incremental sync leaves exactly what a full sync writes.
 //!
 //! iptables-nft 1.8.9 spends time quadratic in the number of chains a `--noflush` payload
@@ -124,6 +125,65 @@ fn rules_of(chain: &str, body: &str) -> Vec<String> {
                 .to_string()
         })
         .collect()
+}
+
+/// The `-D` and `-I` lines that turn chain `old` into `new` (bodies of `-A CHAIN RULE`
+/// lines), keeping their longest common subsequence of rules in place: removing endpoint `k`
+/// from a `statistic` cascade changes only the rules before it, and removing the first one
+/// changes none but its own. `None` when rules repeat (a `-D` by text would be ambiguous) or
+/// the chains are too long to compare cheaply.
+fn edit_script(chain: &str, old: &str, new: &str) -> Option<(Vec<String>, Vec<String>)> {
+    const MAX_RULES: usize = 512;
+    let old = rules_of(chain, old);
+    let new = rules_of(chain, new);
+    if old.len() > MAX_RULES || new.len() > MAX_RULES {
+        return None;
+    }
+    let unique = |rules: &[String]| rules.iter().collect::<HashSet<_>>().len() == rules.len();
+    if !unique(&old) || !unique(&new) {
+        return None;
+    }
+    // lcs[i][j]: longest common subsequence of old[i..] and new[j..].
+    let (n, m) = (old.len(), new.len());
+    let mut lcs = vec![vec![0u16; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if old[i] == new[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut kept_old, mut kept_new) = (vec![false; n], vec![false; m]);
+    let (mut i, mut j) = (0, 0);
+    while i < n && j < m {
+        if old[i] == new[j] {
+            kept_old[i] = true;
+            kept_new[j] = true;
+            i += 1;
+            j += 1;
+        } else if lcs[i + 1][j] >= lcs[i][j + 1] {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    let deletes = old
+        .iter()
+        .zip(&kept_old)
+        .filter(|(_, kept)| !**kept)
+        .map(|(rule, _)| format!("-D {chain} {rule}"))
+        .collect();
+    // In ascending order every rule before position j+1 is already in place.
+    let inserts = new
+        .iter()
+        .zip(&kept_new)
+        .enumerate()
+        .filter(|(_, (_, kept))| !**kept)
+        .map(|(j, (rule, _))| format!("-I {chain} {} {rule}", j + 1))
+        .collect();
+    Some((deletes, inserts))
 }
 
 /// The chain a rule jumps or goes to, if any.
@@ -380,9 +440,26 @@ impl FamilyState {
                 }
             }
         }
-        for ((table, chain), rules) in &after {
-            if before.get(&(*table, chain.clone())) != Some(rules) {
-                blocks.entry(*table).or_default().append_chain(chain, rules);
+        for ((table, chain), body) in &after {
+            let block = blocks.entry(*table).or_default();
+            match before.get(&(*table, chain.clone())) {
+                Some(old) if old == body => {}
+                // Edit the chain rule by rule when that writes less than rewriting it.
+                Some(old) => match edit_script(chain, old, body) {
+                    Some((deletes, inserts))
+                        if deletes
+                            .iter()
+                            .chain(&inserts)
+                            .map(String::len)
+                            .sum::<usize>()
+                            < body.len() =>
+                    {
+                        block.deletes.extend(deletes);
+                        block.inserts.extend(inserts);
+                    }
+                    _ => block.append_chain(chain, body),
+                },
+                None => block.append_chain(chain, body),
             }
         }
         for (table, chain) in before.keys() {
@@ -475,5 +552,57 @@ fn remove_hooks(table: TableName, current: Option<&Chains>, block: &mut Block) {
                 block.deletes.push(format!("-D {builtin} {rule}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(chain: &str, rules: &[&str]) -> String {
+        rules.iter().map(|r| format!("-A {chain} {r}\n")).collect()
+    }
+
+    #[test]
+    fn removing_the_first_endpoint_of_a_cascade_deletes_one_rule() {
+        let old = body(
+            "KUBE-SVC-X",
+            &[
+                "-m statistic --mode random --probability 0.3333333333 -j KUBE-SEP-A",
+                "-m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-B",
+                "-j KUBE-SEP-C",
+            ],
+        );
+        let new = body(
+            "KUBE-SVC-X",
+            &[
+                "-m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-B",
+                "-j KUBE-SEP-C",
+            ],
+        );
+        let (deletes, inserts) = edit_script("KUBE-SVC-X", &old, &new).unwrap();
+        assert_eq!(
+            deletes,
+            ["-D KUBE-SVC-X -m statistic --mode random --probability 0.3333333333 -j KUBE-SEP-A"]
+        );
+        assert!(inserts.is_empty());
+        // And back: one insert at the top.
+        let (deletes, inserts) = edit_script("KUBE-SVC-X", &new, &old).unwrap();
+        assert!(deletes.is_empty());
+        assert_eq!(
+            inserts,
+            ["-I KUBE-SVC-X 1 -m statistic --mode random --probability 0.3333333333 -j KUBE-SEP-A"]
+        );
+    }
+
+    #[test]
+    fn edits_land_every_rule_at_its_place() {
+        let old = body("C", &["a", "b", "c", "d"]);
+        let new = body("C", &["x", "b", "y", "d", "z"]);
+        let (deletes, inserts) = edit_script("C", &old, &new).unwrap();
+        assert_eq!(deletes, ["-D C a", "-D C c"]);
+        assert_eq!(inserts, ["-I C 1 x", "-I C 3 y", "-I C 5 z"]);
+        // Repeated rules cannot be deleted by text unambiguously.
+        assert!(edit_script("C", &body("C", &["a", "a"]), &new).is_none());
     }
 }
