@@ -50,6 +50,20 @@ pub fn system_kernel(mode: IptablesModeArg) -> Result<SystemKernel, CliError> {
     })
 }
 
+/// The dataplane on this node's kernel for `backend`, and the tools' flavour.
+fn open(
+    backend: RulesBackend,
+    mode: IptablesModeArg,
+) -> Result<(IptablesDataplane, IptablesMode), CliError> {
+    // The only backend that programs a kernel so far.
+    match backend {
+        RulesBackend::Iptables => {}
+    }
+    let kernel = system_kernel(mode)?;
+    let mode = kernel.mode();
+    Ok((IptablesDataplane::new(Box::new(kernel)), mode))
+}
+
 /// `svcroute apply`: programs `desired` (or, with `--dry-run`, prints what would be written).
 pub fn apply(
     out: &mut dyn Write,
@@ -57,13 +71,7 @@ pub fn apply(
     desired: &Desired,
     args: &ApplyArgs,
 ) -> Result<(), CliError> {
-    // The only backend that programs a kernel so far: the rest of the function is its.
-    match args.backend {
-        RulesBackend::Iptables => {}
-    }
-    let kernel = system_kernel(args.iptables_mode)?;
-    let mode = kernel.mode();
-    let mut dataplane = IptablesDataplane::new(Box::new(kernel));
+    let (mut dataplane, mode) = open(args.backend, args.iptables_mode)?;
     if args.dry_run {
         let planned = dataplane
             .plan_full(desired)
@@ -104,13 +112,7 @@ pub fn cleanup(
     format: OutputFormat,
     args: &CleanupArgs,
 ) -> Result<(), CliError> {
-    // The only backend that programs a kernel so far (see `apply`).
-    match args.backend {
-        RulesBackend::Iptables => {}
-    }
-    let kernel = system_kernel(args.iptables_mode)?;
-    let mode = kernel.mode();
-    let mut dataplane = IptablesDataplane::new(Box::new(kernel));
+    let (mut dataplane, mode) = open(args.backend, args.iptables_mode)?;
     runtime("iptables")?
         .block_on(dataplane.cleanup())
         .map_err(|e| CliError::kernel("cleanup --backend iptables", e))?;

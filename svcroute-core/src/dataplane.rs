@@ -31,7 +31,7 @@ use thiserror::Error;
 
 use crate::change::{ChangeSet, Desired};
 use crate::decide::{Decision, Packet};
-use crate::model::{IpFamily, Protocol};
+use crate::model::{IpFamily, Protocol, ProxyConfig};
 
 /// What a backend supports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +149,40 @@ pub struct ApplyReport {
     pub bytes: usize,
     /// Service ports (re)programmed.
     pub service_ports: usize,
+}
+
+/// What one `apply` call must do under the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncKind {
+    /// The change set is empty: write nothing.
+    Nothing,
+    /// A full sync: the last write failed, the settings changed, or nothing was programmed
+    /// under the current settings yet.
+    Full,
+    /// Program just the changes.
+    Incremental,
+}
+
+impl SyncKind {
+    /// Decides for `apply(desired, changes)` on a backend whose last write failed when
+    /// `needs_full_sync`, and whose programmed state was made under `programmed` settings.
+    pub fn for_apply(
+        changes: &ChangeSet,
+        desired: &Desired,
+        needs_full_sync: bool,
+        programmed: Option<&ProxyConfig>,
+    ) -> SyncKind {
+        if changes.is_empty() {
+            SyncKind::Nothing
+        } else if needs_full_sync
+            || changes.config_changed()
+            || programmed != Some(desired.config())
+        {
+            SyncKind::Full
+        } else {
+            SyncKind::Incremental
+        }
+    }
 }
 
 /// A dataplane backend. See the module docs for the contract.

@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use svcroute_core::dataplane::{ApplyReport, Capabilities};
+use svcroute_core::dataplane::{ApplyReport, Capabilities, SyncKind};
 use svcroute_core::decide::Packet;
 use svcroute_core::model::{IpFamily, Protocol, ProxyConfig};
 use svcroute_core::select::ServicePortName;
@@ -299,14 +299,12 @@ impl Dataplane for MemoryDataplane {
         desired: &Desired,
         changes: &ChangeSet,
     ) -> Result<ApplyReport, DataplaneError> {
-        if changes.is_empty() {
-            return Ok(ApplyReport::default());
+        let programmed = self.shadow.config.as_deref();
+        match SyncKind::for_apply(changes, desired, self.needs_full_sync, programmed) {
+            SyncKind::Nothing => Ok(ApplyReport::default()),
+            SyncKind::Full => self.full(desired),
+            SyncKind::Incremental => self.incremental(changes),
         }
-        let same_config = self.shadow.config.as_deref() == Some(desired.config());
-        if self.needs_full_sync || changes.config_changed() || !same_config {
-            return self.full(desired);
-        }
-        self.incremental(changes)
     }
 
     async fn sync_full(&mut self, desired: &Desired) -> Result<ApplyReport, DataplaneError> {
