@@ -13,7 +13,9 @@
 //! - [`state`]: the store, EndpointSlice cache and coalescing change tracker ([`State`]).
 //! - [`select`]: per service port, frontends and endpoint sets (upstream `CategorizeEndpoints`).
 //! - [`change`]: the [`ChangeSet`] a sync applies and the full [`Desired`] view.
+//! - [`naming`]: kube-proxy's hashes of service ports and endpoints, for object names.
 //! - [`mod@decide`]: the reference decision for one packet, every backend's trace must equal it.
+//! - [`conntrack`]: the UDP conntrack entries a change makes stale.
 //! - [`dataplane`]: the [`Dataplane`] trait backends implement, with its contract.
 //!
 //! ```
@@ -33,9 +35,11 @@
 #![forbid(unsafe_code)]
 
 pub mod change;
+pub mod conntrack;
 pub mod dataplane;
 pub mod decide;
 pub mod model;
+pub mod naming;
 pub mod select;
 pub mod state;
 pub mod watch;

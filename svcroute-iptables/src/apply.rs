@@ -14,7 +14,6 @@
 //!   are deleted, and so are the "black hole" entries of UDP ports that just got endpoints.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
@@ -24,12 +23,13 @@ use svcroute_core::model::{IpFamily, Protocol, ProxyConfig};
 use svcroute_core::select::ResolvedServicePort;
 use svcroute_core::{ChangeSet, Dataplane, DataplaneError, Decision, Desired, TraceError, Verdict};
 
-use crate::kernel::{ConntrackFlows, Kernel, KernelError};
+use crate::kernel::{Kernel, KernelError};
 use crate::parse;
 use crate::payload::FamilyState;
 use crate::render;
 use crate::ruleset::Ruleset;
 use crate::trace::Tracer;
+use svcroute_core::conntrack::stale_flows;
 
 const BACKEND: &str = "iptables";
 
@@ -157,72 +157,6 @@ pub fn render_full(desired: &Desired, nft_workaround: bool) -> Vec<(IpFamily, St
             (*f, state.full_payload(&Ruleset::default(), nft_workaround))
         })
         .collect()
-}
-
-/// The UDP conntrack entries a change makes stale, per family.
-fn stale_flows(changes: &ChangeSet, family: IpFamily) -> Vec<ConntrackFlows> {
-    let frontends = |port: &ResolvedServicePort| -> (Vec<IpAddr>, Option<u16>) {
-        let Some(fam) = port.family(family) else {
-            return (Vec::new(), None);
-        };
-        let mut ips = vec![fam.cluster_ip];
-        ips.extend(fam.external_ips.iter().copied());
-        ips.extend(fam.load_balancer_ips.iter().copied());
-        (ips, port.node_port)
-    };
-    let mut flows = Vec::new();
-    for change in changes.changes() {
-        if change.name.protocol != Protocol::Udp {
-            continue;
-        }
-        if let Some(previous) = &change.previous {
-            let (ips, node_port) = frontends(previous);
-            for endpoint in change.removed_endpoints(family) {
-                for ip in &ips {
-                    flows.push(ConntrackFlows {
-                        protocol: Protocol::Udp,
-                        original_destination: Some(*ip),
-                        original_port: Some(previous.port),
-                        reply_source: Some(endpoint.ip()),
-                    });
-                }
-                if let Some(np) = node_port {
-                    flows.push(ConntrackFlows {
-                        protocol: Protocol::Udp,
-                        original_destination: None,
-                        original_port: Some(np),
-                        reply_source: Some(endpoint.ip()),
-                    });
-                }
-            }
-        }
-        if let Some(current) = &change.current
-            && change.became_active(family)
-        {
-            // Flows that hit the port while it had no endpoint hold a conntrack entry without
-            // DNAT: delete them so the next packet is routed.
-            let (ips, node_port) = frontends(current);
-            for ip in ips {
-                flows.push(ConntrackFlows {
-                    protocol: Protocol::Udp,
-                    original_destination: Some(ip),
-                    original_port: Some(current.port),
-                    reply_source: None,
-                });
-            }
-            if let Some(np) = node_port {
-                flows.push(ConntrackFlows {
-                    protocol: Protocol::Udp,
-                    original_destination: None,
-                    original_port: Some(np),
-                    reply_source: None,
-                });
-            }
-        }
-    }
-    flows.sort();
-    flows.dedup();
-    flows
 }
 
 impl IptablesDataplane {

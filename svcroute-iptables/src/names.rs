@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use sha2::{Digest, Sha256};
+use svcroute_core::naming::{endpoint_hash, port_hash_of};
 use svcroute_core::select::ServicePortName;
 
 /// nat: dispatch of every service frontend (and filter: no-endpoint verdicts of ClusterIPs).
@@ -59,42 +59,6 @@ pub fn is_owned_chain(name: &str) -> bool {
     FIXED_CHAINS.contains(&name) || SERVICE_CHAIN_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-/// RFC 4648 base32 of the first 10 bytes (16 characters), as Go's `base32.StdEncoding`
-/// prints the start of a longer input.
-fn base32_16(bytes: &[u8; 32]) -> String {
-    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut out = String::with_capacity(16);
-    for chunk in bytes[..10].chunks(5) {
-        let mut bits: u64 = 0;
-        for b in chunk {
-            bits = (bits << 8) | u64::from(*b);
-        }
-        for i in (0..8).rev() {
-            let index = ((bits >> (i * 5)) & 31) as usize;
-            out.push(char::from(ALPHABET[index]));
-        }
-    }
-    out
-}
-
-fn hash16(parts: &[&str]) -> String {
-    let mut hasher = Sha256::new();
-    for p in parts {
-        hasher.update(p.as_bytes());
-    }
-    base32_16(&hasher.finalize().into())
-}
-
-/// kube-proxy's `portProtoHash`: sha256 of `namespace/name:port` + lower-case protocol.
-pub fn port_hash(name: &ServicePortName) -> String {
-    hash16(&[&name.to_string(), name.protocol.lower()])
-}
-
-/// [`port_hash`] of a service port already printed as `namespace/name:port`.
-fn port_hash_of(text: &str, name: &ServicePortName) -> String {
-    hash16(&[text, name.protocol.lower()])
-}
-
 /// The chains of one service port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortChains {
@@ -136,10 +100,7 @@ impl PortChains {
 
     /// [`PortChains::sep`] of an endpoint already printed as `ip:port` / `[ip]:port`.
     pub fn sep_of(&self, name: &ServicePortName, endpoint: &str) -> String {
-        format!(
-            "KUBE-SEP-{}",
-            hash16(&[&self.name, name.protocol.lower(), endpoint])
-        )
+        format!("KUBE-SEP-{}", endpoint_hash(&self.name, name, endpoint))
     }
 }
 

@@ -6,9 +6,9 @@ mod fake;
 mod system;
 
 use std::fmt;
-use std::net::IpAddr;
 
-use svcroute_core::model::{IpFamily, Protocol};
+pub use svcroute_core::conntrack::ConntrackFlows;
+use svcroute_core::model::IpFamily;
 use thiserror::Error;
 
 pub use fake::FakeKernel;
@@ -41,36 +41,6 @@ pub enum KernelError {
     /// The fake kernel rejected the payload, or a failure was injected.
     #[error("fake kernel: {0}")]
     Fake(String),
-}
-
-/// Conntrack entries to delete: UDP flows whose original destination (and port) match and,
-/// when given, whose replies come from `reply_source` (the endpoint it was DNATed to).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConntrackFlows {
-    /// The protocol (UDP: TCP and SCTP connections end by themselves).
-    pub protocol: Protocol,
-    /// Original destination address (a service IP), if filtered on.
-    pub original_destination: Option<IpAddr>,
-    /// Original destination port (a service port or NodePort), if filtered on.
-    pub original_port: Option<u16>,
-    /// Reply source (the endpoint), if filtered on.
-    pub reply_source: Option<IpAddr>,
-}
-
-impl fmt::Display for ConntrackFlows {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.protocol.lower())?;
-        if let Some(d) = self.original_destination {
-            write!(f, " dst {d}")?;
-        }
-        if let Some(p) = self.original_port {
-            write!(f, " dport {p}")?;
-        }
-        if let Some(r) = self.reply_source {
-            write!(f, " reply-src {r}")?;
-        }
-        Ok(())
-    }
 }
 
 /// What the backend needs from the kernel.

@@ -191,25 +191,7 @@ impl Kernel for SystemKernel {
         flows: &[ConntrackFlows],
     ) -> Result<(), KernelError> {
         for flow in flows {
-            let mut args: Vec<String> = vec![
-                "-D".into(),
-                "-f".into(),
-                match family {
-                    IpFamily::IPv4 => "ipv4".into(),
-                    IpFamily::IPv6 => "ipv6".into(),
-                },
-                "-p".into(),
-                flow.protocol.lower().into(),
-            ];
-            if let Some(d) = flow.original_destination {
-                args.extend(["--orig-dst".into(), d.to_string()]);
-            }
-            if let Some(p) = flow.original_port {
-                args.extend(["--orig-port-dst".into(), p.to_string()]);
-            }
-            if let Some(r) = flow.reply_source {
-                args.extend(["--reply-src".into(), r.to_string()]);
-            }
+            let args = flow.delete_args(family);
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
             match self.run("conntrack", &refs, None) {
                 Ok(_) => {}

@@ -1,0 +1,360 @@
+//! [`NftDataplane`]: the [`Dataplane`] contract over a [`Kernel`].
+//!
+//! - `sync_full` replaces our table of every family in one transaction (`add table`, `delete
+//!   table`, then everything): it adopts whatever an earlier run or anyone else left in our
+//!   table, and deletes our table of a family no longer handled. Nothing outside our tables is
+//!   touched.
+//! - `apply` renders only the changed service ports and writes their difference
+//!   ([`FamilyState::plan`]) for both families in one transaction; an empty change set writes
+//!   nothing; changed settings mean a full sync.
+//! - nf_tables transactions are atomic: a failed one changes nothing in the kernel. The shadow
+//!   (what `trace` reads) stays as it was and the next call is a full sync.
+//! - After a successful incremental sync, conntrack entries of UDP flows to removed endpoints
+//!   are deleted, and so are the "black hole" entries of UDP ports that just got endpoints.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use svcroute_core::conntrack::stale_flows;
+use svcroute_core::dataplane::{ApplyReport, Capabilities, SyncKind};
+use svcroute_core::decide::Packet;
+use svcroute_core::model::{IpFamily, Protocol, ProxyConfig};
+use svcroute_core::select::{ResolvedServicePort, ServicePortName};
+use svcroute_core::{ChangeSet, Dataplane, DataplaneError, Decision, Desired, TraceError};
+
+use crate::kernel::{Kernel, KernelError};
+use crate::names;
+use crate::render::{self, PortObjects};
+use crate::ruleset::Table;
+use crate::state::FamilyState;
+use crate::trace;
+use crate::transaction::{Command, Transaction};
+
+const BACKEND: &str = "nft";
+
+/// Tuning of the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The name of our table in each family (default [`names::TABLE`]).
+    pub table: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            table: names::TABLE.to_string(),
+        }
+    }
+}
+
+/// What the dataplane believes the kernel holds.
+#[derive(Debug, Default)]
+struct Shadow {
+    config: Option<Arc<ProxyConfig>>,
+    families: BTreeMap<IpFamily, FamilyState>,
+}
+
+/// The nftables dataplane. See the crate and module docs.
+#[derive(Debug)]
+pub struct NftDataplane {
+    kernel: Box<dyn Kernel>,
+    options: Options,
+    shadow: Shadow,
+    needs_full_sync: bool,
+    conntrack_error: Option<String>,
+}
+
+fn kernel_error(operation: &str, e: KernelError) -> DataplaneError {
+    match e {
+        KernelError::Io { tool, source } => DataplaneError::Io {
+            backend: BACKEND,
+            operation: format!("{operation}: {tool}"),
+            source,
+        },
+        KernelError::Failed {
+            tool,
+            status,
+            stderr,
+        } => DataplaneError::Kernel {
+            backend: BACKEND,
+            operation: format!("{operation}: {tool}"),
+            message: format!("{status}: {stderr}"),
+            retryable: false,
+        },
+        KernelError::Unreadable { .. } => DataplaneError::OutOfSync {
+            backend: BACKEND,
+            message: e.to_string(),
+        },
+        KernelError::Fake(message) => DataplaneError::Kernel {
+            backend: BACKEND,
+            operation: operation.to_string(),
+            message,
+            retryable: false,
+        },
+    }
+}
+
+/// The objects of every service port in `family`. Ports render independently, so large states
+/// render on every core (each thread takes a contiguous run of ports).
+fn render_ports(desired: &Desired, family: IpFamily) -> Vec<(ServicePortName, PortObjects)> {
+    const PORTS_PER_THREAD: usize = 1024;
+    let config = desired.config();
+    let ports: Vec<&Arc<ResolvedServicePort>> = desired.ports().collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(ports.len().div_ceil(PORTS_PER_THREAD))
+        .max(1);
+    let render_run = |run: &[&Arc<ResolvedServicePort>]| -> Vec<_> {
+        run.iter()
+            .filter_map(|p| {
+                render::port_objects(config, p, family).map(|objects| (p.name.clone(), objects))
+            })
+            .collect()
+    };
+    if threads == 1 {
+        return render_run(&ports);
+    }
+    let chunk = ports.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ports
+            .chunks(chunk)
+            .map(|run| scope.spawn(move || render_run(run)))
+            .collect();
+        // A panicking renderer is a bug; re-raise it rather than lose ports.
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
+/// The full state of one family under `desired`.
+pub fn desired_state(desired: &Desired, family: IpFamily) -> FamilyState {
+    FamilyState::new(
+        render::skeleton(desired.config(), family),
+        render_ports(desired, family),
+    )
+}
+
+/// The transaction of a full sync to `states`: each family's table is deleted (created first,
+/// so the deletion cannot fail) and, when handled, written again.
+pub fn full_transaction(table: &str, states: &BTreeMap<IpFamily, FamilyState>) -> Transaction {
+    let mut tx = Transaction::new(table);
+    for family in IpFamily::ALL {
+        tx.push(family, Command::AddTable { comment: None });
+        tx.push(family, Command::DeleteTable);
+        if let Some(state) = states.get(&family) {
+            state.write_full(&mut tx);
+        }
+    }
+    tx
+}
+
+/// The full transaction for `desired` (what `sync_full` writes), without running it.
+pub fn render_full(table: &str, desired: &Desired) -> Transaction {
+    let states = IpFamily::ALL
+        .iter()
+        .filter(|f| desired.config().handles(**f))
+        .map(|f| (*f, desired_state(desired, *f)))
+        .collect();
+    full_transaction(table, &states)
+}
+
+/// `table` without the table and chain comments `nft -j` does not list.
+fn without_comments(table: &Table) -> Table {
+    let mut t = table.clone();
+    t.comment = None;
+    for chain in t.chains.values_mut() {
+        chain.comment = None;
+    }
+    t
+}
+
+impl NftDataplane {
+    /// A dataplane programming `kernel` with the default options.
+    pub fn new(kernel: Box<dyn Kernel>) -> Self {
+        NftDataplane::with_options(kernel, Options::default())
+    }
+
+    /// A dataplane programming `kernel`.
+    pub fn with_options(kernel: Box<dyn Kernel>, options: Options) -> Self {
+        NftDataplane {
+            kernel,
+            options,
+            shadow: Shadow::default(),
+            needs_full_sync: false,
+            conntrack_error: None,
+        }
+    }
+
+    /// The table of `family` as programmed (what `trace` reads), if any.
+    pub fn table(&self, family: IpFamily) -> Option<&Table> {
+        self.shadow.families.get(&family).map(FamilyState::table)
+    }
+
+    /// The last conntrack cleanup failure, if the last sync had one (rules were still
+    /// programmed; stale UDP flows may linger until they time out).
+    pub fn conntrack_error(&self) -> Option<&str> {
+        self.conntrack_error.as_deref()
+    }
+
+    /// Compares our tables in the kernel with the shadow: `OutOfSync` naming the first family
+    /// that differs (someone else modified or deleted our table). A `sync_full` repairs it.
+    pub fn verify(&mut self) -> Result<(), DataplaneError> {
+        for family in IpFamily::ALL {
+            let live = self
+                .kernel
+                .list_table(family, &self.options.table)
+                .map_err(|e| kernel_error("nft list table", e))?;
+            // nft's JSON leaves table and chain comments out: compare without them.
+            let programmed = self.table(family).map(without_comments);
+            if live.map(|t| without_comments(&t)) != programmed {
+                return Err(DataplaneError::OutOfSync {
+                    backend: BACKEND,
+                    message: format!(
+                        "table {} {} differs from what svcroute programmed",
+                        crate::ruleset::family_name(family),
+                        self.options.table
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, operation: &str, tx: &Transaction) -> Result<usize, DataplaneError> {
+        let bytes = tx.text().len();
+        match self.kernel.run(tx) {
+            Ok(()) => Ok(bytes),
+            Err(e) => {
+                self.needs_full_sync = true;
+                Err(kernel_error(operation, e))
+            }
+        }
+    }
+
+    fn incremental(
+        &mut self,
+        desired: &Desired,
+        changes: &ChangeSet,
+    ) -> Result<ApplyReport, DataplaneError> {
+        let config = desired.config();
+        let mut tx = Transaction::new(&self.options.table);
+        let mut rendered = Vec::new();
+        for (family, state) in &self.shadow.families {
+            let family_changes: Vec<(ServicePortName, Option<PortObjects>)> = changes
+                .changes()
+                .iter()
+                .map(|c| {
+                    let objects = c
+                        .current
+                        .as_ref()
+                        .and_then(|p| render::port_objects(config, p, *family));
+                    (c.name.clone(), objects)
+                })
+                .collect();
+            state.plan(&family_changes, &mut tx);
+            rendered.push((*family, family_changes));
+        }
+        let bytes = if tx.is_empty() {
+            0
+        } else {
+            self.run("nft -f (incremental)", &tx)?
+        };
+        for (family, family_changes) in rendered {
+            if let Some(state) = self.shadow.families.get_mut(&family) {
+                state.commit(family_changes);
+            }
+        }
+        self.clean_conntrack(changes);
+        Ok(ApplyReport {
+            writes: usize::from(!tx.is_empty()),
+            bytes,
+            service_ports: changes.len(),
+        })
+    }
+
+    fn clean_conntrack(&mut self, changes: &ChangeSet) {
+        self.conntrack_error = None;
+        let families: Vec<IpFamily> = self.shadow.families.keys().copied().collect();
+        for family in families {
+            let flows = stale_flows(changes, family);
+            if flows.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.kernel.delete_conntrack(family, &flows) {
+                self.conntrack_error = Some(e.to_string());
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Dataplane for NftDataplane {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: BACKEND,
+            families: IpFamily::ALL.to_vec(),
+            protocols: Protocol::ALL.to_vec(),
+            session_affinity: true,
+            source_ranges: true,
+            incremental: true,
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        desired: &Desired,
+        changes: &ChangeSet,
+    ) -> Result<ApplyReport, DataplaneError> {
+        let programmed = self.shadow.config.as_deref();
+        match SyncKind::for_apply(changes, desired, self.needs_full_sync, programmed) {
+            SyncKind::Nothing => Ok(ApplyReport::default()),
+            SyncKind::Full => self.sync_full(desired).await,
+            SyncKind::Incremental => self.incremental(desired, changes),
+        }
+    }
+
+    async fn sync_full(&mut self, desired: &Desired) -> Result<ApplyReport, DataplaneError> {
+        let states: BTreeMap<IpFamily, FamilyState> = IpFamily::ALL
+            .iter()
+            .filter(|f| desired.config().handles(**f))
+            .map(|f| (*f, desired_state(desired, *f)))
+            .collect();
+        let tx = full_transaction(&self.options.table, &states);
+        let bytes = self.run("nft -f (full sync)", &tx)?;
+        self.shadow = Shadow {
+            config: Some(desired.config_arc().clone()),
+            families: states,
+        };
+        self.needs_full_sync = false;
+        Ok(ApplyReport {
+            writes: 1,
+            bytes,
+            service_ports: desired.ports().count(),
+        })
+    }
+
+    async fn cleanup(&mut self) -> Result<(), DataplaneError> {
+        let mut tx = Transaction::new(&self.options.table);
+        for family in IpFamily::ALL {
+            tx.push(family, Command::AddTable { comment: None });
+            tx.push(family, Command::DeleteTable);
+        }
+        self.run("nft -f (cleanup)", &tx)?;
+        self.shadow = Shadow::default();
+        Ok(())
+    }
+
+    fn trace(&self, packet: &Packet) -> Result<Decision, TraceError> {
+        let Some(config) = self.shadow.config.as_deref() else {
+            return Ok(Decision::simple(svcroute_core::Verdict::NoMatch));
+        };
+        trace::trace_table(
+            config,
+            self.table(IpFamily::of(&packet.destination)),
+            packet,
+        )
+    }
+}

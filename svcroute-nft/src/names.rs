@@ -1,0 +1,181 @@
+//! Names of our table, chains, sets and maps, and comment escaping. Per-service objects are
+//! named by kube-proxy's hash of the service port (`svc-TCOU7JCQXEZGVUNU` is kube-dns's `dns`
+//! UDP port, the same hash as the iptables backend's `KUBE-SVC-TCOU7JCQXEZGVUNU`), never by
+//! user strings; user strings appear only in escaped comments.
+
+use std::net::SocketAddr;
+
+use svcroute_core::naming::{endpoint_hash, port_hash_of};
+use svcroute_core::select::ServicePortName;
+
+/// The default name of our table (one per family: `ip svcroute`, `ip6 svcroute`).
+pub const TABLE: &str = "svcroute";
+
+/// filter prerouting, before DNAT: the load-balancer source-range firewall.
+pub const FILTER_PREROUTING: &str = "filter-prerouting";
+/// filter output, before DNAT: the firewall for locally generated traffic.
+pub const FILTER_OUTPUT_PRE_DNAT: &str = "filter-output-pre-dnat";
+/// filter input: no-endpoint verdicts, undefined ClusterIP ports, health-check NodePorts.
+pub const FILTER_INPUT: &str = "filter-input";
+/// filter forward: no-endpoint verdicts and undefined ClusterIP ports.
+pub const FILTER_FORWARD: &str = "filter-forward";
+/// filter output, after DNAT: the same checks for locally generated traffic.
+pub const FILTER_OUTPUT: &str = "filter-output";
+/// nat prerouting: DNAT of arriving traffic.
+pub const NAT_PREROUTING: &str = "nat-prerouting";
+/// nat output: DNAT of locally generated traffic.
+pub const NAT_OUTPUT: &str = "nat-output";
+/// nat postrouting: masquerade.
+pub const NAT_POSTROUTING: &str = "nat-postrouting";
+/// Looks the destination up in [`FIREWALL_IPS`].
+pub const FIREWALL_CHECK: &str = "firewall-check";
+/// Looks the destination up in [`NO_ENDPOINT_SERVICES`].
+pub const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
+/// Looks NodePorts up in [`NO_ENDPOINT_NODEPORTS`].
+pub const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
+/// Rejects undefined ports of ClusterIPs, drops unallocated service-CIDR addresses.
+pub const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+/// `reject` (verdict maps can only `goto` a chain that rejects).
+pub const REJECT_CHAIN: &str = "reject-chain";
+/// Dispatches every frontend through [`SERVICE_IPS`] and [`SERVICE_NODEPORTS`].
+pub const SERVICES: &str = "services";
+/// Masquerades marked traffic and hairpin traffic.
+pub const MASQUERADING: &str = "masquerading";
+/// Sets the masquerade mark.
+pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+
+/// Every ClusterIP (other ports are rejected).
+pub const CLUSTER_IPS: &str = "cluster-ips";
+/// The service CIDRs (unallocated addresses are dropped).
+pub const SERVICE_CIDRS: &str = "service-cidrs";
+/// The local pod CIDRs (the local-traffic detector).
+pub const POD_CIDRS: &str = "pod-cidrs";
+/// The node addresses NodePorts are open on, when `nodePortAddresses` restricts them.
+pub const NODEPORT_IPS: &str = "nodeport-ips";
+/// `endpoint . endpoint` pairs: an endpoint reaching itself through a service.
+pub const HAIRPIN: &str = "hairpin";
+/// TCP ports of the health-check NodePorts (accepted on node addresses).
+pub const HEALTH_CHECK_PORTS: &str = "health-check-ports";
+/// `LB IP . proto . port` → `goto fw-H`.
+pub const FIREWALL_IPS: &str = "firewall-ips";
+/// `IP . proto . port` → `goto svc-H | svl-H | ext-H`.
+pub const SERVICE_IPS: &str = "service-ips";
+/// `proto . nodePort` → `goto ext-H`.
+pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+/// `IP . proto . port` of frontends without usable endpoints → reject or drop.
+pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+/// `proto . nodePort` without usable endpoints → reject or drop.
+pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+
+/// The objects of one service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortNames {
+    /// `namespace/name:port`, what the hashes are made of.
+    text: String,
+    /// `namespace/name:port` escaped for a comment (words may follow it).
+    pub display: String,
+    /// `svc-H`: cluster-policy endpoints.
+    pub svc: String,
+    /// `svl-H`: local-policy endpoints.
+    pub svl: String,
+    /// `ext-H`: external traffic.
+    pub ext: String,
+    /// `fw-H`: load-balancer source ranges.
+    pub fw: String,
+}
+
+impl PortNames {
+    /// The names of a service port's objects.
+    pub fn new(name: &ServicePortName) -> Self {
+        let text = name.to_string();
+        let hash = port_hash_of(&text, name);
+        PortNames {
+            display: comment(&text),
+            svc: format!("svc-{hash}"),
+            svl: format!("svl-{hash}"),
+            ext: format!("ext-{hash}"),
+            fw: format!("fw-{hash}"),
+            text,
+        }
+    }
+
+    /// `sep-E`: the chain of one endpoint (only services with session affinity have them).
+    pub fn sep(&self, name: &ServicePortName, endpoint: &SocketAddr) -> String {
+        format!(
+            "sep-{}",
+            endpoint_hash(&self.text, name, &endpoint.to_string())
+        )
+    }
+}
+
+/// The endpoint map of an endpoint chain (`svc-H` → `svc-H-ep`).
+pub fn endpoint_map(chain: &str) -> String {
+    format!("{chain}-ep")
+}
+
+/// The affinity set of an endpoint chain (`sep-E` → `sep-E-aff`).
+pub fn affinity_set(sep: &str) -> String {
+    format!("{sep}-aff")
+}
+
+/// Whether a chain of our table belongs to one service port (as opposed to the fixed ones).
+pub fn is_service_chain(name: &str) -> bool {
+    ["svc-", "svl-", "ext-", "fw-", "sep-"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
+/// Text made safe inside an nft comment: nft's quoted strings have no usable escapes, so
+/// double quotes become single quotes, backslashes slashes and control characters spaces; cut
+/// to 100 bytes, well under nft's 128-byte limit, leaving room for the words rules add.
+pub fn comment(text: &str) -> String {
+    const LIMIT: usize = 100;
+    let mut out = String::with_capacity(text.len().min(LIMIT));
+    for c in text.chars() {
+        let c = match c {
+            '"' => '\'',
+            '\\' => '/',
+            c if c.is_control() => ' ',
+            c => c,
+        };
+        if out.len() + c.len_utf8() > LIMIT {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use svcroute_core::model::{Protocol, ServiceName};
+
+    fn spn(ns: &str, name: &str, port: &str, protocol: Protocol) -> ServicePortName {
+        ServicePortName {
+            service: ServiceName::new(ns, name),
+            port_name: port.to_string(),
+            protocol,
+        }
+    }
+
+    #[test]
+    fn names_share_kube_proxys_hash() {
+        let dns = PortNames::new(&spn("kube-system", "kube-dns", "dns", Protocol::Udp));
+        assert_eq!(dns.svc, "svc-TCOU7JCQXEZGVUNU");
+        assert_eq!(endpoint_map(&dns.svl), "svl-TCOU7JCQXEZGVUNU-ep");
+        assert!(is_service_chain(&dns.fw) && !is_service_chain(SERVICES));
+        let name = spn("ns", "web", "", Protocol::Tcp);
+        let names = PortNames::new(&name);
+        let a = names.sep(&name, &"10.0.0.1:80".parse().unwrap());
+        let b = names.sep(&name, &"[fd00::1]:80".parse().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(affinity_set(&a), format!("{a}-aff"));
+    }
+
+    #[test]
+    fn comments_are_escaped_and_bounded() {
+        assert_eq!(comment("a\"b\\c\n"), "a'b/c ");
+        assert_eq!(comment(&"é".repeat(100)).len(), 100);
+    }
+}

@@ -1,0 +1,864 @@
+//! Rendering (pure): the settings become the fixed chains and sets of a family's table
+//! ([`skeleton`]); each resolved service port becomes its own chains and maps plus elements in
+//! the shared sets and maps ([`port_objects`]). The layout is drawn in the crate docs.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ipnet::IpNet;
+use svcroute_core::model::{IpFamily, NodePortAddresses, Protocol, ProxyConfig, TrafficPolicy};
+use svcroute_core::select::{FamilyRouting, NoEndpointVerdict, ResolvedServicePort};
+
+use crate::names::{self, PortNames, affinity_set, endpoint_map};
+use crate::ruleset::{
+    BaseHook, Chain, ChainType, ElemKey, ElemValue, Element, Expr, Hook, KeyType, MarkOp, Operand,
+    Rule, Set, SetDecl, SetKind, Stmt, Table, Value, Verdict,
+};
+
+/// What one service port contributes to a family's table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortObjects {
+    /// Chains it owns (`svc-H`, `svl-H`, `ext-H`, `fw-H`, `sep-E`).
+    pub chains: Vec<(String, Chain)>,
+    /// Sets and maps it owns (endpoint maps, affinity sets), with their elements.
+    pub sets: Vec<(String, Set)>,
+    /// Elements it adds to the shared sets and maps: (set, key, element).
+    pub elements: Vec<(&'static str, ElemKey, Element)>,
+}
+
+fn rule(stmts: Vec<Stmt>) -> Rule {
+    Rule::new(stmts)
+}
+
+fn is(left: Expr, right: Value) -> Stmt {
+    Stmt::Match {
+        left,
+        negate: false,
+        right: Operand::Value(right),
+    }
+}
+
+fn is_not(left: Expr, right: Value) -> Stmt {
+    Stmt::Match {
+        left,
+        negate: true,
+        right: Operand::Value(right),
+    }
+}
+
+fn in_set(left: Expr, set: &str) -> Stmt {
+    Stmt::Match {
+        left,
+        negate: false,
+        right: Operand::Set(set.to_string()),
+    }
+}
+
+fn jump(chain: &str) -> Stmt {
+    Stmt::Verdict(Verdict::Jump(chain.to_string()))
+}
+
+fn goto(chain: &str) -> Stmt {
+    Stmt::Verdict(Verdict::Goto(chain.to_string()))
+}
+
+fn ct_new() -> Stmt {
+    is(Expr::CtState, Value::New)
+}
+
+/// `daddr . meta l4proto . th dport`: the key of the frontend maps.
+fn frontend_key() -> Expr {
+    Expr::Concat(vec![Expr::Daddr, Expr::L4Proto, Expr::ThDport])
+}
+
+/// `meta l4proto . th dport`: the key of the NodePort maps.
+fn node_port_key() -> Expr {
+    Expr::Concat(vec![Expr::L4Proto, Expr::ThDport])
+}
+
+fn base(kind: ChainType, hook: Hook, priority: i32, rules: Vec<Rule>) -> Chain {
+    Chain {
+        hook: Some(BaseHook {
+            kind,
+            hook,
+            priority,
+        }),
+        comment: None,
+        rules,
+    }
+}
+
+fn regular(rules: Vec<Rule>) -> Chain {
+    Chain {
+        hook: None,
+        comment: None,
+        rules,
+    }
+}
+
+fn set_decl(kind: SetKind, key: Vec<KeyType>, comment: &str) -> SetDecl {
+    SetDecl {
+        kind,
+        key,
+        interval: false,
+        timeout: None,
+        comment: Some(comment.to_string()),
+    }
+}
+
+fn interval_set(comment: &str, nets: impl IntoIterator<Item = IpNet>) -> Set {
+    Set {
+        decl: SetDecl {
+            interval: true,
+            ..set_decl(SetKind::Set, vec![KeyType::Addr], comment)
+        },
+        elements: nets
+            .into_iter()
+            .map(|n| (vec![Value::Net(n.trunc())], Element::default()))
+            .collect(),
+    }
+}
+
+/// A network as nft lists it back: host bits cleared, a single host as a plain address.
+fn net_value(net: IpNet) -> Value {
+    let net = net.trunc();
+    if net.prefix_len() == net.max_prefix_len() {
+        Value::Addr(net.addr())
+    } else {
+        Value::Net(net)
+    }
+}
+
+fn empty_set(decl: SetDecl) -> Set {
+    Set {
+        decl,
+        elements: Default::default(),
+    }
+}
+
+fn in_family(family: IpFamily) -> impl Fn(&&IpNet) -> bool {
+    move |n| IpFamily::of(&n.addr()) == family
+}
+
+/// The NodePort address filter as `(statements before the lookup, nodeport-ips elements)`,
+/// following `--nodeport-addresses` and localhost NodePorts exactly as
+/// [`ProxyConfig::accepts_nodeport_on`] does.
+fn node_port_gate(config: &ProxyConfig, family: IpFamily) -> (Vec<Stmt>, BTreeSet<IpNet>) {
+    let loopback4 = IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8);
+    let loopback6 = IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128);
+    let localhost = family == IpFamily::IPv4 && config.localhost_nodeports;
+    let restricted = |nets: BTreeSet<IpNet>| (vec![in_set(Expr::Daddr, names::NODEPORT_IPS)], nets);
+    match &config.nodeport_addresses {
+        NodePortAddresses::All => {
+            let mut gate = vec![is(Expr::FibDaddrType, Value::Local)];
+            match family {
+                IpFamily::IPv4 if localhost => {}
+                IpFamily::IPv4 => gate.push(is_not(Expr::Daddr, net_value(loopback4))),
+                IpFamily::IPv6 => gate.push(is_not(Expr::Daddr, net_value(loopback6))),
+            }
+            (gate, BTreeSet::new())
+        }
+        NodePortAddresses::Primary => restricted(
+            config
+                .primary_ip(family)
+                .filter(|ip| !ip.is_loopback())
+                .map(IpNet::from)
+                .into_iter()
+                .collect(),
+        ),
+        NodePortAddresses::Cidrs(cidrs) => {
+            let mut nets: BTreeSet<IpNet> = config
+                .node_ips
+                .iter()
+                .filter(|ip| IpFamily::of(ip) == family && !ip.is_loopback())
+                .filter(|ip| cidrs.iter().any(|n| n.contains(*ip)))
+                .map(|ip| IpNet::from(*ip))
+                .collect();
+            if localhost {
+                for cidr in cidrs {
+                    if cidr.contains(&loopback4) {
+                        nets.insert(loopback4);
+                    } else if loopback4.contains(cidr) {
+                        nets.insert(*cidr);
+                    }
+                }
+            }
+            restricted(nets)
+        }
+    }
+}
+
+/// The fixed chains and sets of one family's table, from the settings alone.
+pub fn skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
+    let mark = config.masquerade_mark();
+    let (gate, node_port_ips) = node_port_gate(config, family);
+    let with_gate = |last: Stmt| {
+        let mut stmts = gate.clone();
+        stmts.push(last);
+        rule(stmts)
+    };
+    let frontends = vec![KeyType::Addr, KeyType::Proto, KeyType::Service];
+    let node_ports = vec![KeyType::Proto, KeyType::Service];
+    let checks = |node_ports: bool| {
+        let mut rules = vec![rule(vec![ct_new(), jump(names::SERVICE_ENDPOINTS_CHECK)])];
+        if node_ports {
+            rules.push(rule(vec![ct_new(), jump(names::NODEPORT_ENDPOINTS_CHECK)]));
+        }
+        rules.push(rule(vec![ct_new(), jump(names::CLUSTER_IPS_CHECK)]));
+        rules
+    };
+    let mut input = checks(true);
+    input.push(rule(vec![
+        is(Expr::FibDaddrType, Value::Local),
+        in_set(Expr::TcpDport, names::HEALTH_CHECK_PORTS),
+        Stmt::Verdict(Verdict::Accept),
+    ]));
+
+    let chains = [
+        (
+            names::FILTER_PREROUTING,
+            base(
+                ChainType::Filter,
+                Hook::Prerouting,
+                -110,
+                vec![rule(vec![ct_new(), jump(names::FIREWALL_CHECK)])],
+            ),
+        ),
+        (
+            names::FILTER_OUTPUT_PRE_DNAT,
+            base(
+                ChainType::Filter,
+                Hook::Output,
+                -110,
+                vec![rule(vec![ct_new(), jump(names::FIREWALL_CHECK)])],
+            ),
+        ),
+        (
+            names::FILTER_INPUT,
+            base(ChainType::Filter, Hook::Input, -1, input),
+        ),
+        (
+            names::FILTER_FORWARD,
+            base(ChainType::Filter, Hook::Forward, -1, checks(false)),
+        ),
+        (
+            names::FILTER_OUTPUT,
+            base(ChainType::Filter, Hook::Output, -1, checks(true)),
+        ),
+        (
+            names::NAT_PREROUTING,
+            base(
+                ChainType::Nat,
+                Hook::Prerouting,
+                -100,
+                vec![rule(vec![jump(names::SERVICES)])],
+            ),
+        ),
+        (
+            names::NAT_OUTPUT,
+            base(
+                ChainType::Nat,
+                Hook::Output,
+                -100,
+                vec![rule(vec![jump(names::SERVICES)])],
+            ),
+        ),
+        (
+            names::NAT_POSTROUTING,
+            base(
+                ChainType::Nat,
+                Hook::Postrouting,
+                100,
+                vec![rule(vec![jump(names::MASQUERADING)])],
+            ),
+        ),
+        (
+            names::FIREWALL_CHECK,
+            regular(vec![rule(vec![Stmt::Vmap {
+                key: frontend_key(),
+                map: names::FIREWALL_IPS.into(),
+            }])]),
+        ),
+        (
+            names::SERVICE_ENDPOINTS_CHECK,
+            regular(vec![rule(vec![Stmt::Vmap {
+                key: frontend_key(),
+                map: names::NO_ENDPOINT_SERVICES.into(),
+            }])]),
+        ),
+        (
+            names::NODEPORT_ENDPOINTS_CHECK,
+            regular(vec![with_gate(Stmt::Vmap {
+                key: node_port_key(),
+                map: names::NO_ENDPOINT_NODEPORTS.into(),
+            })]),
+        ),
+        (
+            names::CLUSTER_IPS_CHECK,
+            regular(vec![
+                rule(vec![in_set(Expr::Daddr, names::CLUSTER_IPS), Stmt::Reject])
+                    .with_comment("undefined port of a ClusterIP".into()),
+                rule(vec![
+                    in_set(Expr::Daddr, names::SERVICE_CIDRS),
+                    Stmt::Verdict(Verdict::Drop),
+                ])
+                .with_comment("unallocated service IP".into()),
+            ]),
+        ),
+        (names::REJECT_CHAIN, regular(vec![rule(vec![Stmt::Reject])])),
+        (
+            names::SERVICES,
+            regular(vec![
+                rule(vec![Stmt::Vmap {
+                    key: frontend_key(),
+                    map: names::SERVICE_IPS.into(),
+                }]),
+                with_gate(Stmt::Vmap {
+                    key: node_port_key(),
+                    map: names::SERVICE_NODEPORTS.into(),
+                }),
+            ]),
+        ),
+        (
+            names::MASQUERADING,
+            regular(vec![
+                rule(vec![
+                    is(Expr::CtStatus, Value::Dnat),
+                    in_set(Expr::Concat(vec![Expr::Saddr, Expr::Daddr]), names::HAIRPIN),
+                    jump(names::MARK_FOR_MASQUERADE),
+                ])
+                .with_comment("hairpin: an endpoint reaching itself".into()),
+                rule(vec![
+                    is(Expr::MarkAnd(mark), Value::Int(0)),
+                    Stmt::Verdict(Verdict::Return),
+                ]),
+                rule(vec![Stmt::Mark(MarkOp::Xor(mark))]),
+                rule(vec![Stmt::Masquerade]).with_comment("service traffic requiring SNAT".into()),
+            ]),
+        ),
+        (
+            names::MARK_FOR_MASQUERADE,
+            regular(vec![rule(vec![Stmt::Mark(MarkOp::Or(mark))])]),
+        ),
+    ];
+
+    let service_cidrs: Vec<IpNet> = config
+        .service_cidrs
+        .iter()
+        .filter(in_family(family))
+        .copied()
+        .collect();
+    let pod_cidrs: Vec<IpNet> = config
+        .cluster_cidrs
+        .iter()
+        .filter(in_family(family))
+        .copied()
+        .collect();
+    let sets = [
+        (
+            names::CLUSTER_IPS,
+            empty_set(set_decl(
+                SetKind::Set,
+                vec![KeyType::Addr],
+                "ClusterIPs: other ports are rejected",
+            )),
+        ),
+        (
+            names::SERVICE_CIDRS,
+            interval_set("service CIDRs", service_cidrs),
+        ),
+        (names::POD_CIDRS, interval_set("local pod CIDRs", pod_cidrs)),
+        (
+            names::NODEPORT_IPS,
+            interval_set("addresses NodePorts are open on", node_port_ips),
+        ),
+        (
+            names::HAIRPIN,
+            empty_set(set_decl(
+                SetKind::Set,
+                vec![KeyType::Addr, KeyType::Addr],
+                "endpoint . endpoint: hairpin traffic is masqueraded",
+            )),
+        ),
+        (
+            names::HEALTH_CHECK_PORTS,
+            empty_set(set_decl(
+                SetKind::Set,
+                vec![KeyType::Service],
+                "health-check NodePorts",
+            )),
+        ),
+        (
+            names::FIREWALL_IPS,
+            empty_set(set_decl(
+                SetKind::VerdictMap,
+                frontends.clone(),
+                "load-balancer IPs with source ranges",
+            )),
+        ),
+        (
+            names::SERVICE_IPS,
+            empty_set(set_decl(
+                SetKind::VerdictMap,
+                frontends.clone(),
+                "service frontends",
+            )),
+        ),
+        (
+            names::NO_ENDPOINT_SERVICES,
+            empty_set(set_decl(
+                SetKind::VerdictMap,
+                frontends,
+                "frontends without usable endpoints",
+            )),
+        ),
+        (
+            names::SERVICE_NODEPORTS,
+            empty_set(set_decl(
+                SetKind::VerdictMap,
+                node_ports.clone(),
+                "NodePorts",
+            )),
+        ),
+        (
+            names::NO_ENDPOINT_NODEPORTS,
+            empty_set(set_decl(
+                SetKind::VerdictMap,
+                node_ports,
+                "NodePorts without usable endpoints",
+            )),
+        ),
+    ];
+
+    Table {
+        family,
+        comment: Some("svcroute service routing; managed by svcroute, do not edit".into()),
+        chains: chains
+            .into_iter()
+            .map(|(n, c)| (n.to_string(), c))
+            .collect(),
+        sets: sets.into_iter().map(|(n, s)| (n.to_string(), s)).collect(),
+    }
+}
+
+/// Builds one service port's objects in one family.
+struct PortRenderer<'a> {
+    config: &'a ProxyConfig,
+    port: &'a ResolvedServicePort,
+    fam: &'a FamilyRouting,
+    names: PortNames,
+    protocol: Protocol,
+    out: PortObjects,
+}
+
+impl PortRenderer<'_> {
+    fn element(&mut self, set: &'static str, key: ElemKey, value: Option<ElemValue>) {
+        self.out.elements.push((
+            set,
+            key,
+            Element {
+                value,
+                comment: None,
+            },
+        ));
+    }
+
+    /// A frontend-map element `ip . proto . port`, commented with the service port.
+    fn frontend(&mut self, set: &'static str, ip: IpAddr, note: &str, verdict: Verdict) {
+        let key = vec![
+            Value::Addr(ip),
+            Value::Proto(self.protocol),
+            Value::Port(self.port.port),
+        ];
+        self.out.elements.push((
+            set,
+            key,
+            Element {
+                value: Some(ElemValue::Verdict(verdict)),
+                comment: Some(format!("{} {note}", self.names.display)),
+            },
+        ));
+    }
+
+    fn node_port(&mut self, set: &'static str, node_port: u16, verdict: Verdict) {
+        let key = vec![Value::Proto(self.protocol), Value::Port(node_port)];
+        self.out.elements.push((
+            set,
+            key,
+            Element {
+                value: Some(ElemValue::Verdict(verdict)),
+                comment: Some(format!("{} node port", self.names.display)),
+            },
+        ));
+    }
+
+    fn chain(&mut self, name: String, comment: String, rules: Vec<Rule>) {
+        self.out.chains.push((
+            name,
+            Chain {
+                hook: None,
+                comment: Some(comment),
+                rules,
+            },
+        ));
+    }
+
+    fn refusal(when: NoEndpointVerdict) -> Verdict {
+        match when {
+            NoEndpointVerdict::Reject => Verdict::Goto(names::REJECT_CHAIN.into()),
+            NoEndpointVerdict::Drop => Verdict::Drop,
+        }
+    }
+
+    fn external_frontends(&self) -> Vec<(IpAddr, &'static str)> {
+        let mut v: Vec<(IpAddr, &'static str)> = self
+            .fam
+            .external_ips
+            .iter()
+            .map(|ip| (*ip, "external IP"))
+            .collect();
+        v.extend(
+            self.fam
+                .load_balancer_ips
+                .iter()
+                .map(|ip| (*ip, "loadbalancer IP")),
+        );
+        v
+    }
+
+    fn firewall(&mut self) {
+        let Some(allowed) = &self.fam.firewall_allowed_sources else {
+            return;
+        };
+        if self.fam.load_balancer_ips.is_empty() {
+            return;
+        }
+        let mut rules: Vec<Rule> = allowed
+            .iter()
+            .map(|n| {
+                rule(vec![
+                    is(Expr::Saddr, net_value(*n)),
+                    Stmt::Verdict(Verdict::Return),
+                ])
+            })
+            .collect();
+        rules.push(
+            rule(vec![Stmt::Verdict(Verdict::Drop)]).with_comment(format!(
+                "{} other traffic to loadbalancer IP",
+                self.names.display
+            )),
+        );
+        let fw = self.names.fw.clone();
+        self.chain(
+            fw.clone(),
+            format!("{} loadbalancer source ranges", self.names.display),
+            rules,
+        );
+        for ip in self.fam.load_balancer_ips.clone() {
+            self.frontend(
+                names::FIREWALL_IPS,
+                ip,
+                "loadbalancer IP",
+                Verdict::Goto(fw.clone()),
+            );
+        }
+    }
+
+    /// ClusterIP traffic; returns the endpoint chain it goes to, if any.
+    fn internal(&mut self) -> Option<String> {
+        let cluster_ip = self.fam.cluster_ip;
+        self.element(names::CLUSTER_IPS, vec![Value::Addr(cluster_ip)], None);
+        let policy = self.port.internal_traffic_policy;
+        let target = match policy {
+            TrafficPolicy::Cluster => self.names.svc.clone(),
+            TrafficPolicy::Local => self.names.svl.clone(),
+        };
+        if self.fam.has_any_endpoints && !self.fam.endpoints(policy).is_empty() {
+            self.frontend(
+                names::SERVICE_IPS,
+                cluster_ip,
+                "cluster IP",
+                Verdict::Goto(target.clone()),
+            );
+            Some(target)
+        } else {
+            let verdict = Self::refusal(self.fam.when_empty());
+            self.frontend(
+                names::NO_ENDPOINT_SERVICES,
+                cluster_ip,
+                "cluster IP",
+                verdict,
+            );
+            None
+        }
+    }
+
+    /// The no-endpoint verdict for every external frontend.
+    fn refuse_external(&mut self, when: NoEndpointVerdict) {
+        let verdict = Self::refusal(when);
+        for (ip, note) in self.external_frontends() {
+            self.frontend(names::NO_ENDPOINT_SERVICES, ip, note, verdict.clone());
+        }
+        if let Some(np) = self.port.node_port {
+            self.node_port(names::NO_ENDPOINT_NODEPORTS, np, verdict);
+        }
+    }
+
+    /// External traffic (externalIPs, LB IPs, NodePort); returns the endpoint chains it uses.
+    fn external(&mut self) -> Vec<String> {
+        let frontends = self.external_frontends();
+        if frontends.is_empty() && self.port.node_port.is_none() {
+            return Vec::new();
+        }
+        if !self.fam.has_any_endpoints {
+            self.refuse_external(NoEndpointVerdict::Reject);
+            return Vec::new();
+        }
+        let display = self.names.display.clone();
+        let svc = self.names.svc.clone();
+        let has_cluster = !self.fam.cluster().is_empty();
+        let has_local = !self.fam.endpoints(TrafficPolicy::Local).is_empty();
+        let mut rules = Vec::new();
+        let mut used = Vec::new();
+        match self.port.external_traffic_policy {
+            TrafficPolicy::Cluster => {
+                if !has_cluster {
+                    self.refuse_external(self.fam.when_empty());
+                    return Vec::new();
+                }
+                rules.push(
+                    rule(vec![jump(names::MARK_FOR_MASQUERADE)]).with_comment(format!(
+                        "masquerade traffic for {display} external destinations"
+                    )),
+                );
+                rules.push(rule(vec![goto(&svc)]));
+                used.push(svc);
+            }
+            TrafficPolicy::Local => {
+                if has_cluster {
+                    // Pods short-circuit to every endpoint, keeping their source; node
+                    // sources are masqueraded and may use every endpoint too.
+                    rules.push(
+                        rule(vec![in_set(Expr::Saddr, names::POD_CIDRS), goto(&svc)]).with_comment(
+                            format!("pod traffic for {display} external destinations"),
+                        ),
+                    );
+                    rules.push(
+                        rule(vec![
+                            is(Expr::FibSaddrType, Value::Local),
+                            jump(names::MARK_FOR_MASQUERADE),
+                        ])
+                        .with_comment(format!(
+                            "masquerade LOCAL traffic for {display} external destinations"
+                        )),
+                    );
+                    rules.push(rule(vec![is(Expr::FibSaddrType, Value::Local), goto(&svc)]));
+                    used.push(svc);
+                }
+                if has_local {
+                    rules.push(rule(vec![goto(&self.names.svl)]));
+                    used.push(self.names.svl.clone());
+                } else {
+                    // Everything else finds no local endpoint: dropped by the filter checks.
+                    self.refuse_external(NoEndpointVerdict::Drop);
+                }
+            }
+        }
+        let ext = self.names.ext.clone();
+        self.chain(ext.clone(), format!("{display} external traffic"), rules);
+        for (ip, note) in frontends {
+            self.frontend(names::SERVICE_IPS, ip, note, Verdict::Goto(ext.clone()));
+        }
+        if let Some(np) = self.port.node_port {
+            self.node_port(names::SERVICE_NODEPORTS, np, Verdict::Goto(ext));
+        }
+        used
+    }
+
+    /// The ClusterIP masquerade rule at the top of the internal endpoint chain.
+    fn internal_masquerade(&self) -> Option<Rule> {
+        let mut stmts = vec![
+            is(Expr::Daddr, Value::Addr(self.fam.cluster_ip)),
+            is(Expr::ThDport, Value::Port(self.port.port)),
+        ];
+        if !self.config.masquerade_all {
+            if !self.config.has_local_detector() {
+                return None;
+            }
+            stmts.push(Stmt::Match {
+                left: Expr::Saddr,
+                negate: true,
+                right: Operand::Set(names::POD_CIDRS.into()),
+            });
+        }
+        stmts.push(jump(names::MARK_FOR_MASQUERADE));
+        Some(rule(stmts))
+    }
+
+    fn l4proto(&self) -> Stmt {
+        is(Expr::L4Proto, Value::Proto(self.protocol))
+    }
+
+    /// An endpoint chain (`svc-H` / `svl-H`) and its endpoint map: masquerade, affinity,
+    /// random pick.
+    fn endpoint_chain(&mut self, chain: &str, endpoints: &[SocketAddr], internal: bool) {
+        let display = self.names.display.clone();
+        let which = if chain == self.names.svc {
+            "cluster"
+        } else {
+            "local"
+        };
+        let mut rules = Vec::new();
+        if internal && let Some(r) = self.internal_masquerade() {
+            rules.push(r);
+        }
+        let map = endpoint_map(chain);
+        let n = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
+        let slots = (0..n).map(Value::Int);
+        let (kind, elements): (SetKind, Vec<(ElemKey, Element)>) =
+            if self.port.affinity_timeout.is_some() {
+                let seps: Vec<String> = endpoints
+                    .iter()
+                    .map(|e| self.names.sep(&self.port.name, e))
+                    .collect();
+                for sep in &seps {
+                    rules.push(rule(vec![
+                        in_set(Expr::Saddr, &affinity_set(sep)),
+                        goto(sep),
+                    ]));
+                }
+                rules.push(rule(vec![Stmt::Vmap {
+                    key: Expr::Numgen(n),
+                    map: map.clone(),
+                }]));
+                let elements = slots
+                    .zip(seps)
+                    .map(|(slot, sep)| {
+                        let value = ElemValue::Verdict(Verdict::Goto(sep));
+                        (
+                            vec![slot],
+                            Element {
+                                value: Some(value),
+                                comment: None,
+                            },
+                        )
+                    })
+                    .collect();
+                (SetKind::VerdictMap, elements)
+            } else {
+                rules.push(rule(vec![
+                    self.l4proto(),
+                    Stmt::DnatNumgen {
+                        modulus: n,
+                        map: map.clone(),
+                    },
+                ]));
+                let elements = slots
+                    .zip(endpoints)
+                    .map(|(slot, e)| {
+                        let value = ElemValue::Endpoint(*e);
+                        (
+                            vec![slot],
+                            Element {
+                                value: Some(value),
+                                comment: None,
+                            },
+                        )
+                    })
+                    .collect();
+                (SetKind::EndpointMap, elements)
+            };
+        self.out.sets.push((
+            map,
+            Set {
+                decl: set_decl(
+                    kind,
+                    vec![KeyType::Slot],
+                    &format!("{display} {which} endpoints"),
+                ),
+                elements: elements.into_iter().collect(),
+            },
+        ));
+        self.chain(
+            chain.to_string(),
+            format!("{display} {which} endpoints"),
+            rules,
+        );
+    }
+
+    /// The chain and affinity set of one endpoint of a service with session affinity.
+    fn affinity_endpoint(&mut self, endpoint: &SocketAddr, timeout: u32) {
+        let sep = self.names.sep(&self.port.name, endpoint);
+        let set = affinity_set(&sep);
+        let rules = vec![
+            rule(vec![Stmt::Update {
+                set: set.clone(),
+                key: Expr::Saddr,
+            }]),
+            rule(vec![self.l4proto(), Stmt::DnatTo(*endpoint)]),
+        ];
+        self.chain(sep, format!("{} -> {endpoint}", self.names.display), rules);
+        self.out.sets.push((
+            set,
+            empty_set(SetDecl {
+                kind: SetKind::Set,
+                key: vec![KeyType::Addr],
+                interval: false,
+                timeout: Some(timeout),
+                comment: Some(format!("{} clients of {endpoint}", self.names.display)),
+            }),
+        ));
+    }
+
+    fn render(mut self) -> PortObjects {
+        self.firewall();
+        let internal = self.internal();
+        let external = self.external();
+        let mut chains: BTreeSet<String> = internal.iter().cloned().collect();
+        chains.extend(external);
+        let fam = self.fam;
+        let mut reachable: BTreeSet<SocketAddr> = BTreeSet::new();
+        for chain in &chains {
+            let policy = if *chain == self.names.svc {
+                TrafficPolicy::Cluster
+            } else {
+                TrafficPolicy::Local
+            };
+            let eps = fam.endpoints(policy);
+            reachable.extend(eps.iter().copied());
+            let is_internal = internal.as_deref() == Some(chain.as_str());
+            self.endpoint_chain(chain, eps, is_internal);
+        }
+        if let Some(timeout) = self.port.affinity_timeout {
+            for e in &reachable {
+                self.affinity_endpoint(e, timeout);
+            }
+        }
+        let ips: BTreeSet<IpAddr> = reachable.iter().map(SocketAddr::ip).collect();
+        for ip in ips {
+            self.element(names::HAIRPIN, vec![Value::Addr(ip), Value::Addr(ip)], None);
+        }
+        if let Some(hc) = self.port.health_check_node_port {
+            self.element(names::HEALTH_CHECK_PORTS, vec![Value::Port(hc)], None);
+        }
+        self.out
+    }
+}
+
+/// What `port` contributes in `family`; `None` when the port has no address of the family.
+pub fn port_objects(
+    config: &ProxyConfig,
+    port: &ResolvedServicePort,
+    family: IpFamily,
+) -> Option<PortObjects> {
+    let fam = port.family(family)?;
+    let renderer = PortRenderer {
+        config,
+        port,
+        fam,
+        names: PortNames::new(&port.name),
+        protocol: port.name.protocol,
+        out: PortObjects::default(),
+    };
+    Some(renderer.render())
+}

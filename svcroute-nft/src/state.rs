@@ -1,0 +1,422 @@
+//! What one family's table holds, split by owner: the fixed skeleton, each service port's
+//! chains and maps, and the elements service ports put into the shared sets and maps. It
+//! writes the full transaction of a sync, and plans an incremental one as the difference a set
+//! of changed service ports makes: chains of unchanged ports are never mentioned, and maps and
+//! sets change element by element.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use svcroute_core::model::IpFamily;
+use svcroute_core::select::ServicePortName;
+
+use crate::render::PortObjects;
+use crate::ruleset::{Chain, ElemKey, Element, Operand, SetKind, Stmt, Table};
+use crate::transaction::{Command, Transaction};
+
+/// A key of a shared set or map.
+type SharedKey = (&'static str, ElemKey);
+
+/// One family's programmed table and who contributed what.
+#[derive(Debug, Clone)]
+pub struct FamilyState {
+    table: Table,
+    ports: BTreeMap<ServicePortName, PortObjects>,
+    /// Every service port's element per shared key; the first (by port name) is programmed.
+    shared: BTreeMap<SharedKey, BTreeMap<ServicePortName, Element>>,
+}
+
+/// The commands of an incremental sync, by phase: the kernel checks references at every
+/// command, so objects are created before anything points at them and deleted after nothing
+/// does any more.
+#[derive(Debug, Default)]
+struct Phases {
+    add_chains: Vec<Command>,
+    delete_shared: Vec<Command>,
+    flush_chains: Vec<Command>,
+    delete_sets: Vec<Command>,
+    owned_elements: Vec<Command>,
+    add_rules: Vec<Command>,
+    add_shared: Vec<Command>,
+    delete_chains: Vec<Command>,
+}
+
+impl Phases {
+    fn into_transaction(self, family: IpFamily, tx: &mut Transaction) {
+        for command in [
+            self.add_chains,
+            self.delete_shared,
+            self.flush_chains,
+            self.delete_sets,
+            self.owned_elements,
+            self.add_rules,
+            self.add_shared,
+            self.delete_chains,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            tx.push(family, command);
+        }
+    }
+}
+
+fn add_rules(out: &mut Vec<Command>, name: &str, chain: &Chain) {
+    out.extend(chain.rules.iter().map(|rule| Command::AddRule {
+        chain: name.to_string(),
+        rule: rule.clone(),
+    }));
+}
+
+fn declare_chain(name: &str, chain: &Chain) -> Command {
+    Command::AddChain {
+        name: name.to_string(),
+        chain: Chain {
+            hook: chain.hook,
+            comment: chain.comment.clone(),
+            rules: Vec::new(),
+        },
+    }
+}
+
+/// Whether a rule of `chain` refers to `set`.
+fn uses_set(chain: &Chain, set: &str) -> bool {
+    chain
+        .rules
+        .iter()
+        .flat_map(|r| &r.stmts)
+        .any(|stmt| match stmt {
+            Stmt::Match {
+                right: Operand::Set(s),
+                ..
+            } => s == set,
+            Stmt::Vmap { map, .. } | Stmt::DnatNumgen { map, .. } => map == set,
+            Stmt::Update { set: s, .. } => s == set,
+            _ => false,
+        })
+}
+
+/// The port's sets whose declaration changes (they are deleted and created again).
+fn redeclared_sets<'a>(old: &'a PortObjects, new: &PortObjects) -> BTreeSet<&'a str> {
+    old.sets
+        .iter()
+        .filter(|(name, set)| {
+            new.sets
+                .iter()
+                .any(|(n, s)| n == name && s.decl != set.decl)
+        })
+        .map(|(name, _)| name.as_str())
+        .collect()
+}
+
+fn is_map(kind: SetKind) -> bool {
+    kind != SetKind::Set
+}
+
+impl FamilyState {
+    /// The state holding `skeleton` and every port's objects.
+    pub fn new(skeleton: Table, ports: Vec<(ServicePortName, PortObjects)>) -> Self {
+        let mut state = FamilyState {
+            table: skeleton,
+            ports: BTreeMap::new(),
+            shared: BTreeMap::new(),
+        };
+        let mut touched = BTreeSet::new();
+        for (name, objects) in ports {
+            state.insert(name, objects, &mut touched);
+        }
+        state.program_shared(touched);
+        state
+    }
+
+    /// The table as programmed.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// The family.
+    pub fn family(&self) -> IpFamily {
+        self.table.family
+    }
+
+    /// Appends the commands writing this whole table from scratch (after its deletion).
+    pub fn write_full(&self, tx: &mut Transaction) {
+        let family = self.family();
+        let table = &self.table;
+        tx.push(
+            family,
+            Command::AddTable {
+                comment: table.comment.clone(),
+            },
+        );
+        // Chains exist (empty) before verdicts point at them; sets exist before rules use
+        // them; rules come last.
+        for (name, chain) in &table.chains {
+            tx.push(family, declare_chain(name, chain));
+        }
+        for (name, set) in &table.sets {
+            tx.push(
+                family,
+                Command::AddSet {
+                    name: name.clone(),
+                    decl: set.decl.clone(),
+                },
+            );
+            if !set.elements.is_empty() {
+                tx.push(
+                    family,
+                    Command::AddElements {
+                        set: name.clone(),
+                        elements: set
+                            .elements
+                            .iter()
+                            .map(|(k, e)| (k.clone(), e.clone()))
+                            .collect(),
+                    },
+                );
+            }
+        }
+        let mut rules = Vec::new();
+        for (name, chain) in &table.chains {
+            add_rules(&mut rules, name, chain);
+        }
+        for command in rules {
+            tx.push(family, command);
+        }
+    }
+
+    /// Appends the commands that turn this table into the one where each port of `changes` has
+    /// its new objects (`None`: the port is gone from this family). Nothing changes here: call
+    /// [`FamilyState::commit`] once the kernel accepted the transaction.
+    pub fn plan(&self, changes: &[(ServicePortName, Option<PortObjects>)], tx: &mut Transaction) {
+        let mut phases = Phases::default();
+        let empty = PortObjects::default();
+        let mut new_shared: BTreeMap<SharedKey, BTreeMap<ServicePortName, Element>> =
+            BTreeMap::new();
+        for (name, new) in changes {
+            let old = self.ports.get(name).unwrap_or(&empty);
+            let new = new.as_ref().unwrap_or(&empty);
+            let redeclared = redeclared_sets(old, new);
+            self.plan_chains(old, new, &redeclared, &mut phases);
+            self.plan_sets(old, new, &mut phases);
+            for (set, key, _) in old.elements.iter().chain(&new.elements) {
+                let shared_key = (*set, key.clone());
+                new_shared
+                    .entry(shared_key.clone())
+                    .or_insert_with(|| self.shared.get(&shared_key).cloned().unwrap_or_default())
+                    .remove(name);
+            }
+            for (set, key, element) in &new.elements {
+                if let Some(contributions) = new_shared.get_mut(&(*set, key.clone())) {
+                    contributions.insert(name.clone(), element.clone());
+                }
+            }
+        }
+        for (key, contributions) in &new_shared {
+            let before = self.programmed(key);
+            let after = contributions.values().next();
+            if before == after {
+                continue;
+            }
+            let (set, elem_key) = key;
+            if before.is_some() {
+                phases.delete_shared.push(Command::DeleteElements {
+                    set: set.to_string(),
+                    keys: vec![elem_key.clone()],
+                });
+            }
+            if let Some(element) = after {
+                phases.add_shared.push(Command::AddElements {
+                    set: set.to_string(),
+                    elements: vec![(elem_key.clone(), element.clone())],
+                });
+            }
+        }
+        phases.into_transaction(self.family(), tx);
+    }
+
+    fn programmed(&self, key: &SharedKey) -> Option<&Element> {
+        self.shared.get(key).and_then(|c| c.values().next())
+    }
+
+    /// Chains whose rules changed, or that use a set declared anew (deleting it needs the
+    /// chain flushed first), are flushed and refilled.
+    fn plan_chains(
+        &self,
+        old: &PortObjects,
+        new: &PortObjects,
+        redeclared: &BTreeSet<&str>,
+        phases: &mut Phases,
+    ) {
+        let old_chains: BTreeMap<&String, &Chain> =
+            old.chains.iter().map(|(n, c)| (n, c)).collect();
+        let new_names: BTreeSet<&String> = new.chains.iter().map(|(n, _)| n).collect();
+        for (name, chain) in &new.chains {
+            match old_chains.get(name) {
+                None => {
+                    phases.add_chains.push(declare_chain(name, chain));
+                    add_rules(&mut phases.add_rules, name, chain);
+                }
+                Some(previous)
+                    if previous.rules != chain.rules
+                        || redeclared.iter().any(|set| uses_set(previous, set)) =>
+                {
+                    phases.flush_chains.push(Command::FlushChain(name.clone()));
+                    add_rules(&mut phases.add_rules, name, chain);
+                }
+                Some(_) => {}
+            }
+        }
+        for name in old_chains.keys().filter(|n| !new_names.contains(*n)) {
+            phases
+                .flush_chains
+                .push(Command::FlushChain((*name).clone()));
+            phases
+                .delete_chains
+                .push(Command::DeleteChain((*name).clone()));
+        }
+    }
+
+    fn plan_sets(&self, old: &PortObjects, new: &PortObjects, phases: &mut Phases) {
+        let old_sets: BTreeMap<&String, _> = old.sets.iter().map(|(n, s)| (n, s)).collect();
+        let new_names: BTreeSet<&String> = new.sets.iter().map(|(n, _)| n).collect();
+        for (name, set) in &new.sets {
+            let create = |phases: &mut Phases| {
+                phases.owned_elements.push(Command::AddSet {
+                    name: name.clone(),
+                    decl: set.decl.clone(),
+                });
+                if !set.elements.is_empty() {
+                    phases.owned_elements.push(Command::AddElements {
+                        set: name.clone(),
+                        elements: set
+                            .elements
+                            .iter()
+                            .map(|(k, e)| (k.clone(), e.clone()))
+                            .collect(),
+                    });
+                }
+            };
+            match old_sets.get(name) {
+                None => create(phases),
+                Some(previous) if previous.decl != set.decl => {
+                    phases.delete_sets.push(Command::DeleteSet {
+                        name: name.clone(),
+                        map: is_map(previous.decl.kind),
+                    });
+                    create(phases);
+                }
+                Some(previous) => {
+                    let gone: Vec<ElemKey> = previous
+                        .elements
+                        .iter()
+                        .filter(|(k, e)| set.elements.get(*k) != Some(*e))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    let added: Vec<(ElemKey, Element)> = set
+                        .elements
+                        .iter()
+                        .filter(|(k, e)| previous.elements.get(*k) != Some(*e))
+                        .map(|(k, e)| (k.clone(), e.clone()))
+                        .collect();
+                    if !gone.is_empty() {
+                        phases.owned_elements.push(Command::DeleteElements {
+                            set: name.clone(),
+                            keys: gone,
+                        });
+                    }
+                    if !added.is_empty() {
+                        phases.owned_elements.push(Command::AddElements {
+                            set: name.clone(),
+                            elements: added,
+                        });
+                    }
+                }
+            }
+        }
+        for (name, set) in old_sets.iter().filter(|(n, _)| !new_names.contains(*n)) {
+            phases.delete_sets.push(Command::DeleteSet {
+                name: (*name).clone(),
+                map: is_map(set.decl.kind),
+            });
+        }
+    }
+
+    /// Records that the kernel now holds the result of [`FamilyState::plan`] for `changes`.
+    pub fn commit(&mut self, changes: Vec<(ServicePortName, Option<PortObjects>)>) {
+        let mut touched = BTreeSet::new();
+        for (name, new) in changes {
+            self.remove(&name, &mut touched);
+            if let Some(objects) = new {
+                self.insert(name, objects, &mut touched);
+            }
+        }
+        self.program_shared(touched);
+    }
+
+    fn remove(&mut self, name: &ServicePortName, touched: &mut BTreeSet<SharedKey>) {
+        let Some(old) = self.ports.remove(name) else {
+            return;
+        };
+        for (chain, _) in &old.chains {
+            self.table.chains.remove(chain);
+        }
+        for (set, _) in &old.sets {
+            self.table.sets.remove(set);
+        }
+        for (set, key, _) in old.elements {
+            let shared_key = (set, key);
+            if let Some(contributions) = self.shared.get_mut(&shared_key) {
+                contributions.remove(name);
+            }
+            touched.insert(shared_key);
+        }
+    }
+
+    fn insert(
+        &mut self,
+        name: ServicePortName,
+        objects: PortObjects,
+        touched: &mut BTreeSet<SharedKey>,
+    ) {
+        for (chain, body) in &objects.chains {
+            self.table.chains.insert(chain.clone(), body.clone());
+        }
+        for (set, body) in &objects.sets {
+            self.table.sets.insert(set.clone(), body.clone());
+        }
+        for (set, key, element) in &objects.elements {
+            let shared_key = (*set, key.clone());
+            self.shared
+                .entry(shared_key.clone())
+                .or_default()
+                .insert(name.clone(), element.clone());
+            touched.insert(shared_key);
+        }
+        self.ports.insert(name, objects);
+    }
+
+    /// Writes the programmed element of every touched shared key into the table.
+    fn program_shared(&mut self, touched: BTreeSet<SharedKey>) {
+        for key in touched {
+            let element = self
+                .shared
+                .get(&key)
+                .and_then(|c| c.values().next())
+                .cloned();
+            if element.is_none() {
+                self.shared.remove(&key);
+            }
+            let (set, elem_key) = key;
+            if let Some(target) = self.table.sets.get_mut(set) {
+                match element {
+                    Some(e) => {
+                        target.elements.insert(elem_key, e);
+                    }
+                    None => {
+                        target.elements.remove(&elem_key);
+                    }
+                }
+            }
+        }
+    }
+}
