@@ -1,22 +1,31 @@
 //! `svcroute apply` and `svcroute cleanup`: programming this node's kernel (root needed).
 //!
-//! `apply` is one full sync (`Dataplane::sync_full`): it reads the rules the kernel holds,
-//! then writes one payload per family that makes our chains exactly the objects' routing,
-//! deletes chains we own but no longer want and removes the rules of families the settings do
-//! not handle. `--dry-run` prints those payloads instead. `cleanup` is `Dataplane::cleanup`:
-//! every chain svcroute owns (kube-proxy's names) and every hook jumping to one is removed.
+//! `apply` is one full sync (`Dataplane::sync_full`).
+//!
+//! - iptables: it reads the rules the kernel holds, then writes one payload per family that
+//!   makes our chains exactly the objects' routing, deletes chains we own but no longer want
+//!   and removes the rules of families the settings do not handle. `--dry-run` prints those
+//!   payloads instead.
+//! - nft: one atomic `nft -f -` transaction replaces svcroute's table of each family (`ip
+//!   svcroute`, `ip6 svcroute`) with the objects' routing, and deletes the table of a family
+//!   the settings do not handle; nothing outside those tables is touched. The transaction does
+//!   not depend on what the kernel holds, so `--dry-run` prints it without reading the kernel.
+//!
+//! `cleanup` is `Dataplane::cleanup`: with iptables, every chain svcroute owns (kube-proxy's
+//! names) and every hook jumping to one is removed; with nft, svcroute's tables.
 
 use std::io::Write;
 
 use serde::Serialize;
 use svcroute_core::Desired;
-use svcroute_core::dataplane::Dataplane;
+use svcroute_core::dataplane::{ApplyReport, Dataplane};
 use svcroute_iptables::IptablesDataplane;
 use svcroute_iptables::kernel::{IptablesMode, SystemKernel};
+use svcroute_nft::NftDataplane;
 
 use crate::args::{ApplyArgs, CleanupArgs, IptablesModeArg, OutputFormat, RulesBackend};
 use crate::backend::runtime;
-use crate::error::CliError;
+use crate::error::{CliError, KernelTool};
 use crate::output::write_json_pretty;
 use crate::render;
 
@@ -25,11 +34,12 @@ use crate::render;
 pub struct Report {
     /// `apply` or `cleanup`.
     pub action: &'static str,
-    /// The backend (`iptables`).
+    /// The backend (`iptables`, `nft`).
     pub backend: &'static str,
-    /// The tools' flavour: `nft` or `legacy`.
-    pub mode: &'static str,
-    /// Restore calls (`apply` only).
+    /// The iptables tools' flavour, `nft` or `legacy` (iptables only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    /// Restore calls or nft transactions (`apply` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writes: Option<usize>,
     /// Bytes written (`apply` only).
@@ -40,28 +50,89 @@ pub struct Report {
     pub service_ports: Option<usize>,
 }
 
+impl Report {
+    /// The report of an `apply` that wrote `written`.
+    fn applied(backend: RulesBackend, mode: Option<&'static str>, written: &ApplyReport) -> Self {
+        Report {
+            action: "apply",
+            backend: backend.name(),
+            mode,
+            writes: Some(written.writes),
+            bytes: Some(written.bytes),
+            service_ports: Some(written.service_ports),
+        }
+    }
+
+    /// The report of a `cleanup`.
+    fn cleaned(backend: RulesBackend, mode: Option<&'static str>) -> Self {
+        Report {
+            action: "cleanup",
+            backend: backend.name(),
+            mode,
+            writes: None,
+            bytes: None,
+            service_ports: None,
+        }
+    }
+
+    /// `iptables (nft)` or `nft`: who did it, as the text lines start.
+    fn who(&self) -> String {
+        match self.mode {
+            Some(mode) => format!("{} ({mode})", self.backend),
+            None => self.backend.to_string(),
+        }
+    }
+
+    /// Writes the report as JSON, or as the one line of text `what` gives.
+    fn write(
+        &self,
+        out: &mut dyn Write,
+        format: OutputFormat,
+        what: impl FnOnce(&Report) -> String,
+    ) -> Result<(), CliError> {
+        match format {
+            OutputFormat::Json => write_json_pretty(out, self)?,
+            OutputFormat::Text => writeln!(out, "{}: {}", self.who(), what(self))?,
+        }
+        Ok(())
+    }
+}
+
+/// The `apply` line: `programmed N service port(s): W write(s), B bytes`.
+fn programmed_text(report: &Report) -> String {
+    format!(
+        "programmed {} service port(s): {} write(s), {} bytes",
+        report.service_ports.unwrap_or_default(),
+        report.writes.unwrap_or_default(),
+        report.bytes.unwrap_or_default()
+    )
+}
+
 /// The kernel handle for `--iptables-mode` (`auto`: the system `iptables`' flavour).
 pub fn system_kernel(mode: IptablesModeArg) -> Result<SystemKernel, CliError> {
     Ok(match mode {
-        IptablesModeArg::Auto => SystemKernel::detect()
-            .map_err(|e| CliError::kernel("detect the iptables mode (iptables --version)", e))?,
+        IptablesModeArg::Auto => SystemKernel::detect().map_err(|e| {
+            CliError::kernel(
+                KernelTool::Iptables,
+                "detect the iptables mode (iptables --version)",
+                e,
+            )
+        })?,
         IptablesModeArg::Nft => SystemKernel::new(IptablesMode::Nft),
         IptablesModeArg::Legacy => SystemKernel::new(IptablesMode::Legacy),
     })
 }
 
-/// The dataplane on this node's kernel for `backend`, and the tools' flavour.
-fn open(
-    backend: RulesBackend,
-    mode: IptablesModeArg,
-) -> Result<(IptablesDataplane, IptablesMode), CliError> {
-    // The only backend that programs a kernel so far.
-    match backend {
-        RulesBackend::Iptables => {}
-    }
+/// The iptables dataplane on this node's kernel, and the tools' flavour.
+fn open_iptables(mode: IptablesModeArg) -> Result<(IptablesDataplane, IptablesMode), CliError> {
     let kernel = system_kernel(mode)?;
     let mode = kernel.mode();
     Ok((IptablesDataplane::new(Box::new(kernel)), mode))
+}
+
+/// The nftables dataplane on this node's kernel.
+fn open_nft() -> NftDataplane {
+    NftDataplane::new(Box::new(svcroute_nft::SystemKernel::new()))
 }
 
 /// `svcroute apply`: programs `desired` (or, with `--dry-run`, prints what would be written).
@@ -71,68 +142,102 @@ pub fn apply(
     desired: &Desired,
     args: &ApplyArgs,
 ) -> Result<(), CliError> {
-    let (mut dataplane, mode) = open(args.backend, args.iptables_mode)?;
-    if args.dry_run {
-        let planned = dataplane
-            .plan_full(desired)
-            .map_err(|e| CliError::kernel("apply --dry-run --backend iptables", e))?;
-        render::write(out, format, &render::payloads(planned, Some(mode)))?;
-        return Ok(());
+    match args.backend {
+        RulesBackend::Iptables => {
+            let (mut dataplane, mode) = open_iptables(args.iptables_mode.unwrap_or_default())?;
+            if args.dry_run {
+                let planned = dataplane.plan_full(desired).map_err(|e| {
+                    CliError::kernel(
+                        KernelTool::Iptables,
+                        "apply --dry-run --backend iptables",
+                        e,
+                    )
+                })?;
+                render::write(out, format, &render::payloads(planned, Some(mode)))?;
+                return Ok(());
+            }
+            let written = runtime("iptables")?
+                .block_on(dataplane.sync_full(desired))
+                .map_err(|e| {
+                    CliError::kernel(KernelTool::Iptables, "apply --backend iptables", e)
+                })?;
+            Report::applied(args.backend, Some(mode.as_str()), &written).write(
+                out,
+                format,
+                programmed_text,
+            )
+        }
+        RulesBackend::Nft => {
+            if args.dry_run {
+                let tx = svcroute_nft::apply::render_full(svcroute_nft::names::TABLE, desired);
+                render::write(out, format, &render::nft_payload(&tx))?;
+                return Ok(());
+            }
+            let written = runtime("nft")?
+                .block_on(open_nft().sync_full(desired))
+                .map_err(|e| CliError::kernel(KernelTool::Nft, "apply --backend nft", e))?;
+            Report::applied(args.backend, None, &written).write(out, format, programmed_text)
+        }
     }
-    let written = runtime("iptables")?
-        .block_on(dataplane.sync_full(desired))
-        .map_err(|e| CliError::kernel("apply --backend iptables", e))?;
-    match format {
-        OutputFormat::Json => write_json_pretty(
-            out,
-            &Report {
-                action: "apply",
-                backend: "iptables",
-                mode: mode.as_str(),
-                writes: Some(written.writes),
-                bytes: Some(written.bytes),
-                service_ports: Some(written.service_ports),
-            },
-        )?,
-        OutputFormat::Text => writeln!(
-            out,
-            "iptables ({}): programmed {} service port(s): {} write(s), {} bytes",
-            mode.as_str(),
-            written.service_ports,
-            written.writes,
-            written.bytes
-        )?,
-    }
-    Ok(())
 }
 
-/// `svcroute cleanup`: removes every chain svcroute owns, and the hooks to them.
+/// `svcroute cleanup`: removes every chain (iptables) or table (nft) svcroute owns.
 pub fn cleanup(
     out: &mut dyn Write,
     format: OutputFormat,
     args: &CleanupArgs,
 ) -> Result<(), CliError> {
-    let (mut dataplane, mode) = open(args.backend, args.iptables_mode)?;
-    runtime("iptables")?
-        .block_on(dataplane.cleanup())
-        .map_err(|e| CliError::kernel("cleanup --backend iptables", e))?;
-    match format {
-        OutputFormat::Json => write_json_pretty(
-            out,
-            &Report {
-                action: "cleanup",
-                backend: "iptables",
-                mode: mode.as_str(),
-                writes: None,
-                bytes: None,
-                service_ports: None,
-            },
-        )?,
-        OutputFormat::Text => writeln!(
-            out,
-            "iptables ({}): removed every svcroute chain and the rules jumping to them",
-            mode.as_str()
-        )?,
+    match args.backend {
+        RulesBackend::Iptables => {
+            let (mut dataplane, mode) = open_iptables(args.iptables_mode.unwrap_or_default())?;
+            runtime("iptables")?
+                .block_on(dataplane.cleanup())
+                .map_err(|e| {
+                    CliError::kernel(KernelTool::Iptables, "cleanup --backend iptables", e)
+                })?;
+            Report::cleaned(args.backend, Some(mode.as_str())).write(out, format, |_| {
+                "removed every svcroute chain and the rules jumping to them".to_string()
+            })
+        }
+        RulesBackend::Nft => {
+            runtime("nft")?
+                .block_on(open_nft().cleanup())
+                .map_err(|e| CliError::kernel(KernelTool::Nft, "cleanup --backend nft", e))?;
+            Report::cleaned(args.backend, None)
+                .write(out, format, |_| "removed the svcroute tables".to_string())
+        }
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_name_the_iptables_mode_only() {
+        let written = ApplyReport {
+            writes: 1,
+            bytes: 20,
+            service_ports: 3,
+        };
+        let nft = Report::applied(RulesBackend::Nft, None, &written);
+        let mut text = Vec::new();
+        nft.write(&mut text, OutputFormat::Text, programmed_text)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "nft: programmed 3 service port(s): 1 write(s), 20 bytes\n"
+        );
+        assert_eq!(
+            serde_json::to_value(&nft).unwrap(),
+            serde_json::json!({"action": "apply", "backend": "nft", "writes": 1, "bytes": 20,
+                               "service_ports": 3})
+        );
+        let iptables = Report::cleaned(RulesBackend::Iptables, Some("legacy"));
+        assert_eq!(iptables.who(), "iptables (legacy)");
+        assert_eq!(
+            serde_json::to_value(&iptables).unwrap(),
+            serde_json::json!({"action": "cleanup", "backend": "iptables", "mode": "legacy"})
+        );
+    }
 }

@@ -39,7 +39,16 @@ EXIT STATUS
   0  success (invalid objects are reported but tolerated unless --strict)
   1  --strict and an object was rejected; `trace --backend all` found backends disagreeing;
      a packet could not be traced; `apply` or `cleanup` could not read or program the kernel
-  2  invalid command line, settings or config file; unreadable or unparseable input";
+  2  invalid command line, settings or config file; unreadable or unparseable input
+
+BACKENDS (--backend)
+  reference  the core's decision (trace only)
+  memory     the conformance suite's in-memory dataplane (trace only)
+  iptables   kube-proxy's iptables chains, written with `iptables-restore --noflush`
+             (every command; --iptables-mode picks the tools)
+  nft        svcroute's own nftables tables `ip svcroute` and `ip6 svcroute`, written in one
+             atomic `nft -f -` transaction (every command)
+  all        every backend above side by side (trace only)";
 
 /// `svcroute`: plan and trace Kubernetes Service routing for one node.
 #[derive(Debug, Parser)]
@@ -161,8 +170,9 @@ pub enum Command {
     Render(RenderArgs),
     /// Program this node's kernel with the objects' routing (needs root).
     Apply(ApplyArgs),
-    /// Remove everything svcroute (or kube-proxy in the same mode) programmed from this node's
-    /// kernel (needs root; reads no objects).
+    /// Remove everything svcroute programmed with a backend from this node's kernel: iptables,
+    /// every chain with kube-proxy's names; nft, svcroute's tables (needs root; reads no
+    /// objects).
     Cleanup(CleanupArgs),
 }
 
@@ -171,6 +181,18 @@ pub enum Command {
 pub enum RulesBackend {
     /// kube-proxy's iptables chains, written with `iptables-restore --noflush`.
     Iptables,
+    /// svcroute's nftables tables (`ip svcroute`, `ip6 svcroute`), written with `nft -f -`.
+    Nft,
+}
+
+impl RulesBackend {
+    /// The name `--backend` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            RulesBackend::Iptables => "iptables",
+            RulesBackend::Nft => "nft",
+        }
+    }
 }
 
 /// `--iptables-mode`: which iptables tools read and program the kernel.
@@ -199,12 +221,14 @@ pub struct ApplyArgs {
     /// Which backend programs the kernel.
     #[arg(long, value_enum)]
     pub backend: RulesBackend,
-    /// Print what would be written (read from the kernel's current rules) and write nothing.
+    /// Print what would be written and write nothing (iptables: the payloads computed against
+    /// the kernel's current rules; nft: the full-sync transaction, which replaces our tables
+    /// whatever they hold).
     #[arg(long)]
     pub dry_run: bool,
-    /// Which iptables tools program the kernel.
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = IptablesModeArg::Auto)]
-    pub iptables_mode: IptablesModeArg,
+    /// Which iptables tools program the kernel (iptables only; default auto).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub iptables_mode: Option<IptablesModeArg>,
 }
 
 /// `svcroute cleanup`.
@@ -213,9 +237,9 @@ pub struct CleanupArgs {
     /// Whose rules to remove.
     #[arg(long, value_enum)]
     pub backend: RulesBackend,
-    /// Which iptables tools program the kernel.
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = IptablesModeArg::Auto)]
-    pub iptables_mode: IptablesModeArg,
+    /// Which iptables tools program the kernel (iptables only; default auto).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub iptables_mode: Option<IptablesModeArg>,
 }
 
 /// `svcroute trace`.
@@ -238,12 +262,13 @@ pub struct TraceArgs {
     /// they disagree).
     #[arg(long, value_enum, default_value_t = BackendChoice::Reference)]
     pub backend: BackendChoice,
-    /// Trace through the rules this node's kernel holds now (`iptables-save`; needs
-    /// `--backend iptables` and root). Objects (-f) are then optional: they only name the
-    /// service a packet is addressed to; the node settings still give the node IPs.
+    /// Trace through the rules this node's kernel holds now (needs `--backend iptables`,
+    /// read with `iptables-save`, or `--backend nft`, read with `nft -j list table`; and
+    /// root). Objects (-f) are then optional: they only name the service a packet is
+    /// addressed to; the node settings still give the node IPs.
     #[arg(long)]
     pub live: bool,
-    /// With --live: which iptables tools read the kernel (default auto).
+    /// With --live --backend iptables: which iptables tools read the kernel (default auto).
     #[arg(long, value_enum, value_name = "MODE", requires = "live")]
     pub iptables_mode: Option<IptablesModeArg>,
 }

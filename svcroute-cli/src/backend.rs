@@ -7,6 +7,8 @@
 //! - `iptables`: the `svcroute-iptables` dataplane on its in-memory `FakeKernel`, the same
 //!   way; nothing touches this node's kernel. `trace --live` instead traces the rules this
 //!   node's kernel holds ([`crate::live`]).
+//! - `nft`: the `svcroute-nft` dataplane on its in-memory `FakeKernel`, likewise (`--live`:
+//!   the tables this node's kernel holds).
 //!
 //! Adding a backend is one variant in [`BackendKind`] (with its name) and one arm in [`open`];
 //! any [`Dataplane`] is programmed and traced through [`programmed`].
@@ -15,7 +17,8 @@ use clap::ValueEnum;
 use svcroute_conformance::memory::MemoryDataplane;
 use svcroute_core::dataplane::Dataplane;
 use svcroute_core::{Decision, Desired, Packet, TraceError, decide};
-use svcroute_iptables::{FakeKernel, IptablesDataplane};
+use svcroute_iptables::IptablesDataplane;
+use svcroute_nft::NftDataplane;
 use thiserror::Error;
 
 use crate::error::CliError;
@@ -30,6 +33,9 @@ pub enum BackendChoice {
     /// The iptables dataplane after a full sync into a fake kernel (with --live: the rules
     /// this node's kernel holds).
     Iptables,
+    /// The nftables dataplane after a full sync into a fake kernel (with --live: the tables
+    /// this node's kernel holds).
+    Nft,
     /// Every backend, compared.
     All,
 }
@@ -41,6 +47,7 @@ impl BackendChoice {
             BackendChoice::Reference => vec![BackendKind::Reference],
             BackendChoice::Memory => vec![BackendKind::Memory],
             BackendChoice::Iptables => vec![BackendKind::Iptables],
+            BackendChoice::Nft => vec![BackendKind::Nft],
             BackendChoice::All => BackendKind::ALL.to_vec(),
         }
     }
@@ -55,14 +62,17 @@ pub enum BackendKind {
     Memory,
     /// kube-proxy's iptables chains.
     Iptables,
+    /// svcroute's nftables tables.
+    Nft,
 }
 
 impl BackendKind {
     /// Every backend, in display order.
-    pub const ALL: [BackendKind; 3] = [
+    pub const ALL: [BackendKind; 4] = [
         BackendKind::Reference,
         BackendKind::Memory,
         BackendKind::Iptables,
+        BackendKind::Nft,
     ];
 
     /// The name `--backend` and the JSON output use.
@@ -71,6 +81,7 @@ impl BackendKind {
             BackendKind::Reference => "reference",
             BackendKind::Memory => "memory",
             BackendKind::Iptables => "iptables",
+            BackendKind::Nft => "nft",
         }
     }
 }
@@ -118,7 +129,14 @@ pub fn open(kind: BackendKind, desired: &Desired) -> Result<Backend<'_>, CliErro
         BackendKind::Memory => programmed(kind, Box::new(MemoryDataplane::new()), desired)?,
         BackendKind::Iptables => programmed(
             kind,
-            Box::new(IptablesDataplane::new(Box::new(FakeKernel::new()))),
+            Box::new(IptablesDataplane::new(Box::new(
+                svcroute_iptables::FakeKernel::new(),
+            ))),
+            desired,
+        )?,
+        BackendKind::Nft => programmed(
+            kind,
+            Box::new(NftDataplane::new(Box::new(svcroute_nft::FakeKernel::new()))),
             desired,
         )?,
     };
@@ -230,12 +248,29 @@ mod tests {
             [BackendKind::Iptables],
             "one variant per backend"
         );
+        assert_eq!(BackendChoice::Nft.kinds(), [BackendKind::Nft]);
+        let names: Vec<&str> = BackendKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names, ["reference", "memory", "iptables", "nft"]);
+        // Every backend `all` consults can be chosen on its own, under the same name.
+        for kind in BackendKind::ALL {
+            let choice = BackendChoice::from_str(kind.name(), false).unwrap();
+            assert_eq!(choice.kinds(), [kind]);
+        }
     }
 
     #[test]
     fn the_iptables_backend_traces_its_fake_kernel() {
         let desired = Desired::new(Arc::new(ProxyConfig::default()));
         let backend = open(BackendKind::Iptables, &desired).unwrap();
+        let packet: Packet = "10.0.0.1 10.96.0.1:80/tcp".parse().unwrap();
+        assert_eq!(backend.trace(&packet).unwrap().verdict.name(), "no-match");
+    }
+
+    #[test]
+    fn the_nft_backend_traces_its_fake_kernel() {
+        let desired = Desired::new(Arc::new(ProxyConfig::default()));
+        let backend = open(BackendKind::Nft, &desired).unwrap();
+        assert_eq!(backend.kind.name(), "nft");
         let packet: Packet = "10.0.0.1 10.96.0.1:80/tcp".parse().unwrap();
         assert_eq!(backend.trace(&packet).unwrap().verdict.name(), "no-match");
     }

@@ -77,7 +77,7 @@ pub enum CliError {
     /// iptables flavour could not be told (`--iptables-mode auto`).
     #[error("{action}: {source}{hint}")]
     Kernel {
-        /// What svcroute was doing (`apply --backend iptables`).
+        /// What svcroute was doing (`apply --backend iptables`, `cleanup --backend nft`).
         action: &'static str,
         /// The backend's or tool's error (it quotes the tool's stderr).
         #[source]
@@ -90,16 +90,42 @@ pub enum CliError {
     Output(#[source] io::Error),
 }
 
-/// A likely cure for a kernel tool failure, from its message: ` (run as root ...)` when the
-/// tool was denied, ` (is iptables installed?)` when it was not found; otherwise empty.
-pub fn kernel_hint(message: &str) -> &'static str {
+/// The tools a backend drives to read and program the kernel, for [`kernel_hint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelTool {
+    /// `iptables-save`, `iptables-restore` and their IPv6 and mode flavours.
+    Iptables,
+    /// `nft`.
+    Nft,
+}
+
+/// A likely cure for a failure of `tool`, from its message: ` (run as root ...)` when the
+/// tool was denied, ` (is iptables installed?)` or ` (is nft installed?)` when it was not
+/// found; otherwise empty.
+pub fn kernel_hint(tool: KernelTool, message: &str) -> &'static str {
     let message = message.to_lowercase();
-    if message.contains("permission denied") || message.contains("must be root") {
-        " (run svcroute as root: reading and writing iptables rules needs CAP_NET_ADMIN)"
-    } else if message.contains("no such file or directory") {
-        " (is iptables installed?)"
-    } else {
-        ""
+    let denied = message.contains("permission denied")
+        || message.contains("must be root")
+        || message.contains("operation not permitted");
+    match tool {
+        KernelTool::Iptables if denied => {
+            " (run svcroute as root: reading and writing iptables rules needs CAP_NET_ADMIN)"
+        }
+        KernelTool::Iptables if message.contains("no such file or directory") => {
+            " (is iptables installed?)"
+        }
+        KernelTool::Nft if denied => {
+            " (run svcroute as root: reading and writing nftables tables needs CAP_NET_ADMIN)"
+        }
+        // Only the tool itself missing: nft reports a missing table or kernel feature as
+        // `Error: No such file or directory` too.
+        KernelTool::Nft
+            if message.contains("no such file or directory (os error 2)")
+                || message.contains("exec of \"nft\" failed") =>
+        {
+            " (is nft installed?)"
+        }
+        _ => "",
     }
 }
 
@@ -115,12 +141,13 @@ impl CliError {
         }
     }
 
-    /// A kernel failure while doing `action`, with its [`kernel_hint`].
+    /// A failure of `tool` while doing `action`, with its [`kernel_hint`].
     pub fn kernel(
+        tool: KernelTool,
         action: &'static str,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        let hint = kernel_hint(&source.to_string());
+        let hint = kernel_hint(tool, &source.to_string());
         CliError::Kernel {
             action,
             source: Box::new(source),
@@ -153,7 +180,7 @@ mod tests {
             "iptables-save v1.8.9 (nf_tables): Could not fetch rule set generation id: \
              Permission denied (you must be root)",
         );
-        let e = CliError::kernel("apply --backend iptables", denied);
+        let e = CliError::kernel(KernelTool::Iptables, "apply --backend iptables", denied);
         assert_eq!(e.exit_code(), EXIT_PROBLEMS);
         let text = e.to_string();
         assert!(
@@ -161,10 +188,49 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("needs CAP_NET_ADMIN)"), "{text}");
-        assert_eq!(kernel_hint("iptables-restore: line 3 failed"), "");
         assert_eq!(
-            kernel_hint("iptables-nft-save: No such file or directory (os error 2)"),
+            kernel_hint(KernelTool::Iptables, "iptables-restore: line 3 failed"),
+            ""
+        );
+        assert_eq!(
+            kernel_hint(
+                KernelTool::Iptables,
+                "iptables-nft-save: No such file or directory (os error 2)"
+            ),
             " (is iptables installed?)"
+        );
+    }
+
+    #[test]
+    fn nft_errors_suggest_a_cure() {
+        let denied = "nft: nft -f (full sync): nft -f - failed: exit status: 1: Error: Could \
+                      not process rule: Operation not permitted";
+        assert!(
+            kernel_hint(KernelTool::Nft, denied).contains("nftables tables needs CAP_NET_ADMIN")
+        );
+        assert_eq!(
+            kernel_hint(
+                KernelTool::Nft,
+                "nft: nft -f (full sync): nft -f -: No such file or directory (os error 2)"
+            ),
+            " (is nft installed?)"
+        );
+        assert_eq!(
+            kernel_hint(
+                KernelTool::Nft,
+                "ip netns exec ns nft -f - exited with exit status: 255: exec of \"nft\" \
+                 failed: No such file or directory"
+            ),
+            " (is nft installed?)"
+        );
+        // nft's own ENOENT (a missing table or kernel feature) is no missing tool.
+        assert_eq!(
+            kernel_hint(
+                KernelTool::Nft,
+                "nft -f - exited with exit status: 1: Error: Could not process rule: No such \
+                 file or directory"
+            ),
+            ""
         );
     }
 }

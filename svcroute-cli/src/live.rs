@@ -1,9 +1,13 @@
-//! `trace --backend iptables --live`: packets traced through the rules this node's kernel
+//! `trace --backend iptables|nft --live`: packets traced through the rules this node's kernel
 //! holds now, not through rules rendered from the objects.
 //!
-//! The rules of a family are read (`iptables-save`), parsed and compiled into a tracer the
-//! first time a packet of that family is traced, then reused: every packet of a run sees the
-//! same snapshot. A family that cannot be read fails its packets (exit status 1), not the run.
+//! The rules of a family are read the first time a packet of that family is traced, then
+//! reused: every packet of a run sees the same snapshot. A family that cannot be read fails
+//! its packets (exit status 1), not the run.
+//!
+//! - iptables ([`open`]): `iptables-save`, parsed and compiled into a tracer.
+//! - nft ([`open_nft`]): svcroute's table of the family (`nft -j list table ip svcroute`),
+//!   traced with `svcroute_nft::trace::trace_table`; no table means no match.
 
 use std::sync::OnceLock;
 
@@ -13,9 +17,12 @@ use svcroute_iptables::SystemKernel;
 use svcroute_iptables::kernel::Kernel;
 use svcroute_iptables::parse::parse_save;
 use svcroute_iptables::trace::Tracer as RulesTracer;
+use svcroute_nft::kernel::Kernel as _;
+use svcroute_nft::ruleset::{Table, family_name};
+use svcroute_nft::{SystemKernel as NftKernel, names};
 
 use crate::backend::{Backend, BackendKind, TraceFailure, Tracer};
-use crate::error::kernel_hint;
+use crate::error::{KernelTool, kernel_hint};
 use crate::render::tool;
 
 /// The `iptables` backend answering from this node's kernel, with the settings' `config` (its
@@ -49,7 +56,7 @@ impl LiveRules<'_> {
             let message = e.to_string();
             TraceFailure::Rules(format!(
                 "cannot read this node's {family} rules: {message}{}",
-                kernel_hint(&message)
+                kernel_hint(KernelTool::Iptables, &message)
             ))
         })?;
         let ruleset = parse_save(&text).map_err(|e| {
@@ -76,5 +83,94 @@ impl Tracer for LiveRules<'_> {
             Ok(tracer) => Ok(tracer.trace(self.config, packet)?),
             Err(e) => Err(e.clone()),
         }
+    }
+}
+
+/// The `nft` backend answering from svcroute's tables in this node's kernel, with the
+/// settings' `config` (its node IPs are what `fib daddr type local` matches).
+pub fn open_nft(kernel: NftKernel, config: &ProxyConfig) -> Backend<'_> {
+    Backend::new(
+        BackendKind::Nft,
+        Box::new(LiveTables {
+            kernel,
+            config,
+            ipv4: OnceLock::new(),
+            ipv6: OnceLock::new(),
+        }),
+    )
+}
+
+/// svcroute's nftables tables in the kernel, read per family on first use (`None`: the
+/// family has no table).
+struct LiveTables<'a> {
+    kernel: NftKernel,
+    config: &'a ProxyConfig,
+    ipv4: OnceLock<Result<Option<Table>, TraceFailure>>,
+    ipv6: OnceLock<Result<Option<Table>, TraceFailure>>,
+}
+
+impl LiveTables<'_> {
+    /// Reads our table of `family`.
+    fn load(&self, family: IpFamily) -> Result<Option<Table>, TraceFailure> {
+        // `list_table` needs `&mut`; the kernel handle is only a namespace name.
+        let mut kernel = self.kernel.clone();
+        kernel.list_table(family, names::TABLE).map_err(|e| {
+            let message = e.to_string();
+            TraceFailure::Rules(format!(
+                "cannot read this node's table {} {}: {message}{}",
+                family_name(family),
+                names::TABLE,
+                kernel_hint(KernelTool::Nft, &message)
+            ))
+        })
+    }
+}
+
+impl Tracer for LiveTables<'_> {
+    fn trace(&self, packet: &Packet) -> Result<Decision, TraceFailure> {
+        if packet.is_mixed_family() {
+            return Ok(Decision::simple(Verdict::NoMatch));
+        }
+        let family = IpFamily::of(&packet.destination);
+        let slot = match family {
+            IpFamily::IPv4 => &self.ipv4,
+            IpFamily::IPv6 => &self.ipv6,
+        };
+        match slot.get_or_init(|| self.load(family)) {
+            Ok(table) => Ok(svcroute_nft::trace::trace_table(
+                self.config,
+                table.as_ref(),
+                packet,
+            )?),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nft_tables_that_cannot_be_read_fail_their_packets() {
+        let config = ProxyConfig::default();
+        // The namespace does not exist: `nft` cannot run there.
+        let kernel = NftKernel::new().in_netns("svcroute-cli-no-such-namespace");
+        let backend = open_nft(kernel, &config);
+        assert_eq!(backend.kind, BackendKind::Nft);
+        let packet: Packet = "10.0.0.1 10.96.0.1:80/tcp".parse().unwrap();
+        let err = backend.trace(&packet).unwrap_err().to_string();
+        assert!(
+            err.starts_with("cannot read this node's table ip svcroute: "),
+            "{err}"
+        );
+        // The failure is remembered: every packet of the family sees the same snapshot.
+        assert_eq!(backend.trace(&packet).unwrap_err().to_string(), err);
+        let v6: Packet = "fd00::1 [fd00:10:96::1]:80/tcp".parse().unwrap();
+        let err6 = backend.trace(&v6).unwrap_err().to_string();
+        assert!(
+            err6.starts_with("cannot read this node's table ip6 svcroute: "),
+            "{err6}"
+        );
     }
 }

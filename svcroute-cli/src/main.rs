@@ -9,6 +9,10 @@
 //! svcroute --config examples/node.yaml apply --backend iptables -f examples/cluster.yaml
 //! svcroute --config examples/node.yaml trace --backend iptables --live --packets examples/packets.txt
 //! svcroute cleanup --backend iptables
+//! svcroute --config examples/node.yaml render --backend nft -f examples/cluster.yaml
+//! svcroute --config examples/node.yaml apply --backend nft -f examples/cluster.yaml
+//! svcroute --config examples/node.yaml trace --backend nft --live --packets examples/packets.txt
+//! svcroute cleanup --backend nft
 //! ```
 //!
 //! Flow: [`args`] (command line) → [`settings`] (flags + `--config` → `ProxyConfig`) →
@@ -39,7 +43,7 @@ use clap::Parser;
 use svcroute_core::model::ProxyConfig;
 use svcroute_core::{Desired, Packet};
 
-use args::{Cli, Command, GlobalArgs, OutputFormat, TraceArgs};
+use args::{Cli, Command, GlobalArgs, IptablesModeArg, OutputFormat, RulesBackend, TraceArgs};
 use backend::BackendChoice;
 use cluster::Cluster;
 use error::{CliError, EXIT_PROBLEMS};
@@ -110,12 +114,35 @@ fn run(cli: &Cli) -> Result<u8, CliError> {
 
 /// Usage errors clap cannot see.
 fn check_usage(cli: &Cli) -> Result<(), CliError> {
-    let Command::Trace(args) = &cli.command else {
-        return Ok(());
+    let iptables_mode_needs_iptables = |backend: RulesBackend, mode: Option<IptablesModeArg>| {
+        if backend != RulesBackend::Iptables && mode.is_some() {
+            return Err(CliError::Usage(format!(
+                "--iptables-mode picks the iptables tools: it does not apply to --backend {}",
+                backend.name()
+            )));
+        }
+        Ok(())
     };
-    if args.live && args.backend != BackendChoice::Iptables {
+    let args = match &cli.command {
+        Command::Trace(args) => args,
+        Command::Apply(args) => {
+            return iptables_mode_needs_iptables(args.backend, args.iptables_mode);
+        }
+        Command::Cleanup(args) => {
+            return iptables_mode_needs_iptables(args.backend, args.iptables_mode);
+        }
+        _ => return Ok(()),
+    };
+    if args.live && !matches!(args.backend, BackendChoice::Iptables | BackendChoice::Nft) {
         return Err(CliError::Usage(
-            "--live traces the rules this node's kernel holds: it needs --backend iptables".into(),
+            "--live traces the rules this node's kernel holds: it needs --backend iptables or \
+             --backend nft"
+                .into(),
+        ));
+    }
+    if args.live && args.backend == BackendChoice::Nft && args.iptables_mode.is_some() {
+        return Err(CliError::Usage(
+            "--iptables-mode picks the iptables tools: it does not apply to --backend nft".into(),
         ));
     }
     if let Some(p) = &args.packets
@@ -153,7 +180,12 @@ fn run_trace(
     desired: &Desired,
     args: &TraceArgs,
 ) -> Result<u8, CliError> {
-    let backends = if args.live {
+    let backends = if args.live && args.backend == BackendChoice::Nft {
+        vec![live::open_nft(
+            svcroute_nft::SystemKernel::new(),
+            desired.config(),
+        )]
+    } else if args.live {
         let kernel = apply::system_kernel(args.iptables_mode.unwrap_or_default())?;
         vec![live::open(kernel, desired.config())]
     } else {

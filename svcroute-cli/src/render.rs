@@ -1,33 +1,43 @@
 //! `svcroute render`: the payloads a backend writes for the objects into a kernel holding none
-//! of its rules, per IP family the settings handle. Nothing is read from or written to a
-//! kernel; `apply --dry-run` prints its payloads (read against the live rules) the same way.
+//! of its rules. Nothing is read from or written to a kernel; `apply --dry-run` prints its
+//! payloads the same way.
 //!
-//! Text: per family, a `# iptables-restore --noflush` comment naming the tool the payload is
-//! for, then the payload; families are separated by a blank line. JSON: a list of
-//! `{"family", "tool", "payload"}`.
+//! - iptables: one `iptables-restore --noflush` payload per IP family the settings handle.
+//! - nft: one `nft -f -` transaction holding both families (`family` is `null`): the
+//!   full-sync transaction, which replaces our table of each family whatever it holds.
+//!
+//! Text: per payload, a comment naming the command it is for (`# iptables-restore
+//! --noflush`, `# nft -f -`), then the payload; payloads are separated by a blank line. JSON:
+//! a list of `{"family", "tool", "payload"}`.
 
 use std::io::Write;
 
 use serde::Serialize;
 use svcroute_core::Desired;
 use svcroute_core::model::IpFamily;
-use svcroute_iptables::apply::render_full;
 use svcroute_iptables::kernel::IptablesMode;
+use svcroute_nft::transaction::Transaction;
 
 use crate::args::{OutputFormat, RulesBackend};
 use crate::output::write_json_pretty;
 
-/// One family's payload.
+/// One payload: a family's (iptables) or both families' (nft).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Payload {
-    /// `IPv4` or `IPv6`.
-    pub family: IpFamily,
-    /// The program that takes it on stdin (with `--noflush`): `iptables-restore`,
-    /// `ip6tables-restore`, or a mode's own (`iptables-nft-restore`).
+    /// `IPv4` or `IPv6`; `None` (`null`) when it holds both (nft).
+    pub family: Option<IpFamily>,
+    /// The program that takes it on stdin: `iptables-restore`, `ip6tables-restore`, a mode's
+    /// own (`iptables-nft-restore`), all with `--noflush`; or `nft` (with `-f -`).
     pub tool: String,
+    /// The tool's arguments, for the text form's comment (`--noflush`, `-f -`).
+    #[serde(skip)]
+    pub args: &'static str,
     /// The payload.
     pub payload: String,
 }
+
+/// The command `nft` payloads are for, after `nft`.
+pub const NFT_ARGS: &str = "-f -";
 
 /// The name of an iptables tool: `iptables-save`, `ip6tables-restore`, or with a mode
 /// `iptables-nft-restore`, `ip6tables-legacy-save`.
@@ -47,11 +57,22 @@ pub fn payloads(families: Vec<(IpFamily, String)>, mode: Option<IptablesMode>) -
     families
         .into_iter()
         .map(|(family, payload)| Payload {
-            family,
+            family: Some(family),
             tool: tool(family, mode, "restore"),
+            args: "--noflush",
             payload,
         })
         .collect()
+}
+
+/// The one payload of an nftables transaction (both families, for `nft -f -`).
+pub fn nft_payload(transaction: &Transaction) -> Vec<Payload> {
+    vec![Payload {
+        family: None,
+        tool: "nft".to_string(),
+        args: NFT_ARGS,
+        payload: transaction.text(),
+    }]
 }
 
 /// What `backend` writes for `desired` into a kernel without its rules.
@@ -59,7 +80,14 @@ pub fn render(backend: RulesBackend, desired: &Desired) -> Vec<Payload> {
     match backend {
         // Without the nf_tables chain-cache workaround: the payload does not depend on the
         // flavour of the kernel it is fed to.
-        RulesBackend::Iptables => payloads(render_full(desired, false), None),
+        RulesBackend::Iptables => {
+            payloads(svcroute_iptables::apply::render_full(desired, false), None)
+        }
+        // The full sync does not depend on what the kernel holds: this is what `apply` runs.
+        RulesBackend::Nft => nft_payload(&svcroute_nft::apply::render_full(
+            svcroute_nft::names::TABLE,
+            desired,
+        )),
     }
 }
 
@@ -76,7 +104,7 @@ pub fn write(
         if i > 0 {
             writeln!(out)?;
         }
-        writeln!(out, "# {} --noflush", p.tool)?;
+        writeln!(out, "# {} {}", p.tool, p.args)?;
         out.write_all(p.payload.as_bytes())?;
     }
     Ok(())
@@ -110,6 +138,30 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "# iptables-restore --noflush\n*nat\nCOMMIT\n\n\
              # ip6tables-restore --noflush\n*filter\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn nft_is_one_transaction_for_both_families() {
+        use std::sync::Arc;
+        use svcroute_core::model::ProxyConfig;
+
+        let desired = Desired::new(Arc::new(ProxyConfig::default()));
+        let p = render(RulesBackend::Nft, &desired);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].family, None);
+        assert!(p[0].payload.starts_with("add table ip svcroute\n"));
+        assert!(p[0].payload.contains("\nadd table ip6 svcroute\n"));
+        let mut out = Vec::new();
+        write(&mut out, OutputFormat::Text, &p).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, format!("# nft -f -\n{}", p[0].payload));
+        let mut json = Vec::new();
+        write(&mut json, OutputFormat::Json, &p).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([{"family": null, "tool": "nft", "payload": p[0].payload}])
         );
     }
 }

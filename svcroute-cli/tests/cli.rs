@@ -516,11 +516,12 @@ fn backend_all_agrees_on_the_example() {
         let backends = v["backends"].as_object().unwrap();
         assert_eq!(
             backends.keys().collect::<Vec<_>>(),
-            ["iptables", "memory", "reference"],
+            ["iptables", "memory", "nft", "reference"],
             "{v}"
         );
         assert_eq!(backends["memory"], backends["reference"], "{v}");
         assert!(close(&backends["iptables"], &backends["reference"]), "{v}");
+        assert!(close(&backends["nft"], &backends["reference"]), "{v}");
     }
     let text = svcroute(&[
         "--config",
@@ -545,6 +546,7 @@ fn backend_all_agrees_on_the_example() {
     assert!(text.stdout.contains("\n  reference  DNAT to "));
     assert!(text.stdout.contains("\n  memory     DNAT to "));
     assert!(text.stdout.contains("\n  iptables   DNAT to "));
+    assert!(text.stdout.contains("\n  nft        DNAT to "));
     // The text form agrees too (exit status 0).
     let text = svcroute(&[
         "--config",
@@ -708,35 +710,105 @@ fn iptables_backend_matches_the_reference() {
     }
 }
 
-/// The payload of the bundled example, as the README's main command renders it.
-const GOLDEN: &str = "examples/golden/iptables.txt";
-
 #[test]
-fn render_iptables_matches_the_golden_payload() {
+fn nft_backend_matches_the_reference() {
+    let trace = |backend: &str| {
+        let run = svcroute(&[
+            "--config",
+            NODE,
+            "trace",
+            "-f",
+            CLUSTER,
+            "--packets",
+            PACKETS,
+            "--backend",
+            backend,
+            "-o",
+            "json",
+        ]);
+        assert_eq!(run.code, 0, "{backend}: {}", run.stderr);
+        run.stdout
+    };
+    let (nft, reference) = (trace("nft"), trace("reference"));
+    assert_same_decisions(&nft, &reference);
+    // Every example packet gets a decision (no trace error), and every verdict appears.
+    let mut verdicts: Vec<String> = nft
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            assert!(v.get("error").is_none(), "{l}");
+            v["verdict"].as_str().unwrap().to_string()
+        })
+        .collect();
+    verdicts.sort();
+    verdicts.dedup();
+    assert_eq!(verdicts, ["accept", "dnat", "drop", "no-match", "reject"]);
+    // Under other settings too.
+    for extra in [
+        &["--node-name", "node-2"][..],
+        &["--masquerade-all"],
+        &["--ip-families", "IPv6"],
+        &["--nodeport-addresses", "primary"],
+    ] {
+        let with = |backend: &str| {
+            let mut args = vec![
+                "--config",
+                NODE,
+                "trace",
+                "-f",
+                CLUSTER,
+                "--packets",
+                PACKETS,
+                "--backend",
+                backend,
+                "-o",
+                "json",
+            ];
+            args.extend_from_slice(extra);
+            let run = svcroute(&args);
+            assert_eq!(run.code, 0, "{backend} {extra:?}: {}", run.stderr);
+            run.stdout
+        };
+        assert_same_decisions(&with("nft"), &with("reference"));
+    }
+}
+
+/// Renders the bundled example with `backend` and compares it with its golden file
+/// (`SVCROUTE_BLESS=1` rewrites the file first); returns the golden text.
+fn check_golden(backend: &str, golden_path: &str) -> String {
     let run = svcroute(&[
         "--config",
         NODE,
         "render",
         "--backend",
-        "iptables",
+        backend,
         "-f",
         CLUSTER,
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.stderr, "");
-    let path = root().join(GOLDEN);
+    let path = root().join(golden_path);
     if std::env::var_os("SVCROUTE_BLESS").is_some_and(|v| v == "1") {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &run.stdout).unwrap();
-        eprintln!("blessed {GOLDEN}");
+        eprintln!("blessed {golden_path}");
     }
     let golden = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{GOLDEN}: {e} (SVCROUTE_BLESS=1 writes it)"));
+        .unwrap_or_else(|e| panic!("{golden_path}: {e} (SVCROUTE_BLESS=1 writes it)"));
     assert!(
         run.stdout == golden,
-        "the rendered payload differs from {GOLDEN}; if the change is intended, re-run with \
-         SVCROUTE_BLESS=1 and review the diff"
+        "the rendered payload differs from {golden_path}; if the change is intended, re-run \
+         with SVCROUTE_BLESS=1 and review the diff"
     );
+    golden
+}
+
+/// The payload of the bundled example, as the README's main command renders it.
+const GOLDEN: &str = "examples/golden/iptables.txt";
+
+#[test]
+fn render_iptables_matches_the_golden_payload() {
+    let golden = check_golden("iptables", GOLDEN);
     // One section per family, each a restore payload of both tables.
     assert!(golden.starts_with("# iptables-restore --noflush\n*filter\n"));
     assert!(golden.contains("\n\n# ip6tables-restore --noflush\n*filter\n"));
@@ -804,9 +876,77 @@ fn render_iptables_as_json() {
     assert_eq!(v4[0], list[0]);
 }
 
+/// The nft transaction of the bundled example.
+const GOLDEN_NFT: &str = "examples/golden/nft.txt";
+
+#[test]
+fn render_nft_matches_the_golden_transaction() {
+    let golden = check_golden("nft", GOLDEN_NFT);
+    // One transaction for both families, after a comment naming the command: it can be fed
+    // to `nft -f` as it is.
+    assert!(golden.starts_with("# nft -f -\nadd table ip svcroute\ndelete table ip svcroute\n"));
+    assert_eq!(
+        golden.lines().filter(|l| l.starts_with('#')).count(),
+        1,
+        "one comment line"
+    );
+    assert!(golden.contains("\nadd table ip6 svcroute\ndelete table ip6 svcroute\n"));
+    // Only our tables: every command names one of them.
+    for line in golden.lines().skip(1) {
+        assert!(
+            line.contains(" ip svcroute") || line.contains(" ip6 svcroute"),
+            "{line}"
+        );
+    }
+    // kube-dns keeps kube-proxy's hash; the IPv6-only service is in the ip6 table.
+    assert!(golden.contains("add chain ip svcroute svc-TCOU7JCQXEZGVUNU "));
+    assert!(golden.contains("fd00:10:96::c0a"));
+}
+
+#[test]
+fn render_nft_as_json() {
+    let render = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            NODE,
+            "render",
+            "--backend",
+            "nft",
+            "-f",
+            CLUSTER,
+        ];
+        args.extend_from_slice(extra);
+        let run = svcroute(&args);
+        assert_eq!(run.code, 0, "{extra:?}: {}", run.stderr);
+        run.stdout
+    };
+    let list: Vec<Value> = serde_json::from_str(&render(&["-o", "json"])).unwrap();
+    assert_eq!(list.len(), 1, "one transaction");
+    let p = &list[0];
+    let mut keys: Vec<&String> = p.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["family", "payload", "tool"],
+        "the keys of the iptables payloads"
+    );
+    assert_eq!(p["family"], Value::Null, "both families");
+    assert_eq!(p["tool"], "nft");
+    let payload = p["payload"].as_str().unwrap();
+    assert_eq!(format!("# nft -f -\n{payload}"), render(&[]));
+
+    // Only the families the settings handle: the other one's table is deleted.
+    let v4: Vec<Value> =
+        serde_json::from_str(&render(&["-o", "json", "--ip-families", "IPv4"])).unwrap();
+    let v4 = v4[0]["payload"].as_str().unwrap();
+    assert!(v4.contains("add chain ip svcroute "));
+    assert!(!v4.contains("add chain ip6 "));
+    assert!(v4.contains("add table ip6 svcroute\ndelete table ip6 svcroute\n"));
+}
+
 #[test]
 fn kernel_commands_check_their_arguments() {
-    // --live reads the kernel's iptables rules: no other backend has them.
+    // --live reads the kernel's iptables rules or nftables tables: no other backend has any.
     for backend in [None, Some("reference"), Some("memory"), Some("all")] {
         let mut args = vec![
             "--config",
@@ -826,7 +966,9 @@ fn kernel_commands_check_their_arguments() {
         let run = svcroute(&args);
         assert_eq!(run.code, 2, "{backend:?}: {}", run.stderr);
         assert!(
-            run.stderr.contains("--live") && run.stderr.contains("--backend iptables"),
+            run.stderr.contains("--live")
+                && run.stderr.contains("--backend iptables")
+                && run.stderr.contains("--backend nft"),
             "{}",
             run.stderr
         );
@@ -862,6 +1004,44 @@ fn kernel_commands_check_their_arguments() {
             "xt",
         ],
         &["cleanup"],
+        &["render", "--backend", "nft"], // no input
+        &["apply", "--backend", "nft"],  // no input
+        &["render", "-f", CLUSTER, "--backend", "nftables"],
+        // --iptables-mode picks iptables tools: nft has none.
+        &[
+            "trace",
+            "-f",
+            CLUSTER,
+            "--from",
+            "10.0.0.1",
+            "--to",
+            "10.96.0.1:80",
+            "--backend",
+            "nft",
+            "--live",
+            "--iptables-mode",
+            "nft",
+        ],
+        &[
+            "apply",
+            "-f",
+            CLUSTER,
+            "--backend",
+            "nft",
+            "--iptables-mode",
+            "nft",
+        ],
+        &[
+            "apply",
+            "-f",
+            CLUSTER,
+            "--backend",
+            "nft",
+            "--dry-run",
+            "--iptables-mode",
+            "auto",
+        ],
+        &["cleanup", "--backend", "nft", "--iptables-mode", "legacy"],
         // Objects are optional with --live only.
         &[
             "trace",
@@ -876,7 +1056,35 @@ fn kernel_commands_check_their_arguments() {
         let run = svcroute(bad);
         assert_eq!(run.code, 2, "{bad:?}: {}", run.stderr);
         assert!(run.stderr.starts_with("error"), "{bad:?}: {}", run.stderr);
+        assert_eq!(run.stdout, "", "{bad:?}");
     }
+}
+
+#[test]
+fn nft_dry_run_prints_the_rendered_transaction() {
+    // The full-sync transaction does not depend on what the kernel holds: the dry run needs
+    // no kernel (nor root) and prints what `render` prints.
+    let render = svcroute(&[
+        "--config",
+        NODE,
+        "render",
+        "--backend",
+        "nft",
+        "-f",
+        CLUSTER,
+    ]);
+    let dry = svcroute(&[
+        "--config",
+        NODE,
+        "apply",
+        "--backend",
+        "nft",
+        "--dry-run",
+        "-f",
+        CLUSTER,
+    ]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert_eq!(dry.stdout, render.stdout);
 }
 
 /// Whether this process runs as root.
@@ -936,6 +1144,25 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// `nft list ruleset` inside the namespace.
+    fn nft_ruleset(&self) -> String {
+        let run = self.run("nft", &["list", "ruleset"]);
+        assert_eq!(run.code, 0, "nft list ruleset: {}", run.stderr);
+        run.stdout
+    }
+
+    /// Runs `nft -f -` with `input` inside the namespace.
+    fn nft(&self, input: &str) {
+        let run = run_program(
+            "ip",
+            &["netns", "exec", self.0.as_str(), "nft", "-f", "-"],
+            Some(input),
+        );
+        assert_eq!(run.code, 0, "nft -f -: {}", run.stderr);
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -944,8 +1171,12 @@ impl Drop for Netns {
     }
 }
 
-/// A test that needs root ran without it: say so loudly.
+/// A test that needs root ran without it: say so loudly, or fail when
+/// `SVCROUTE_REQUIRE_KERNEL_TESTS=1` (a root runner must not skip kernel tests).
 fn skipped(test: &str, why: &str) {
+    if std::env::var("SVCROUTE_REQUIRE_KERNEL_TESTS").as_deref() == Ok("1") {
+        panic!("{test} cannot run: {why} (SVCROUTE_REQUIRE_KERNEL_TESTS=1 forbids skipping)");
+    }
     eprintln!("\n*** SKIPPED {test}: {why} ***\n");
 }
 
@@ -1346,9 +1577,28 @@ fn help_documents_the_config_keys() {
         );
     }
     let trace = svcroute(&["trace", "--help"]);
-    for flag in ["--live", "--iptables-mode", "iptables"] {
+    for flag in [
+        "--live",
+        "--iptables-mode",
+        "iptables",
+        "- nft:",
+        "nft -j list table",
+    ] {
         assert!(trace.stdout.contains(flag), "trace --help lacks {flag}");
     }
+    for command in ["render", "apply", "cleanup"] {
+        let help = svcroute(&[command, "--help"]);
+        for backend in ["- iptables:", "- nft:"] {
+            assert!(
+                help.stdout.contains(backend),
+                "{command} --help lacks {backend}"
+            );
+        }
+    }
+    assert!(
+        run.stdout.contains("\nBACKENDS"),
+        "--help lists the backends"
+    );
     let apply = svcroute(&["apply", "--help"]);
     assert!(apply.stdout.contains("--dry-run"));
     for key in [
@@ -1361,5 +1611,156 @@ fn help_documents_the_config_keys() {
         "ipFamilies",
     ] {
         assert!(run.stdout.contains(key), "--help lacks {key}");
+    }
+}
+
+#[test]
+fn nft_apply_trace_live_and_cleanup_in_a_network_namespace() {
+    const TEST: &str = "nft_apply_trace_live_and_cleanup_in_a_network_namespace";
+    if !is_root() {
+        skipped(
+            TEST,
+            "needs root (it programs nftables in a scratch network namespace)",
+        );
+        return;
+    }
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(e) => {
+            skipped(TEST, &format!("cannot create a network namespace: {e}"));
+            return;
+        }
+    };
+    // Someone else's table: svcroute must leave it alone.
+    ns.nft(
+        "add table inet other\nadd chain inet other input { type filter hook input priority 0; }\n",
+    );
+    let theirs = ns.nft_ruleset();
+    assert!(theirs.contains("table inet other"), "{theirs}");
+    let apply = ["--config", NODE, "apply", "--backend", "nft", "-f", CLUSTER];
+
+    // --dry-run prints the transaction and writes nothing.
+    let mut dry = apply.to_vec();
+    dry.push("--dry-run");
+    let run = ns.run(SVCROUTE, &dry);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .starts_with("# nft -f -\nadd table ip svcroute\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("\nadd table ip6 svcroute\n"));
+    assert_eq!(ns.nft_ruleset(), theirs, "--dry-run wrote");
+    // What it prints (like the golden file) is `nft -f` input as it is: nft accepts it.
+    let check = run_program(
+        "ip",
+        &["netns", "exec", ns.0.as_str(), "nft", "-c", "-f", "-"],
+        Some(&run.stdout),
+    );
+    assert_eq!(check.code, 0, "nft -c -f -: {}", check.stderr);
+    assert_eq!(ns.nft_ruleset(), theirs, "nft -c wrote");
+
+    let run = ns.run(SVCROUTE, &apply);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .starts_with("nft: programmed 14 service port(s): 1 write(s), "),
+        "{}",
+        run.stdout
+    );
+    let applied = ns.nft_ruleset();
+    assert!(applied.contains("table ip svcroute {"), "{applied}");
+    assert!(applied.contains("table ip6 svcroute {"), "{applied}");
+    assert!(
+        applied.contains("chain svc-TCOU7JCQXEZGVUNU {"),
+        "{applied}"
+    );
+    assert!(applied.contains("fd00:10:96::c0a"), "IPv6 rules: {applied}");
+    assert!(applied.contains("table inet other"), "{applied}");
+    // No iptables rules were written.
+    assert!(!ns.saved().contains("KUBE-"));
+
+    // Applying again writes the same tables.
+    let mut json = apply.to_vec();
+    json.extend(["-o", "json"]);
+    let run = ns.run(SVCROUTE, &json);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["action"], "apply");
+    assert_eq!(report["backend"], "nft");
+    assert_eq!(report["mode"], Value::Null, "no iptables mode");
+    assert_eq!(report["writes"], 1);
+    assert_eq!(report["service_ports"], 14);
+    assert_eq!(ns.nft_ruleset(), applied);
+
+    // The live tables trace like the tables rendered for the same objects.
+    let trace = [
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--packets",
+        PACKETS,
+        "--backend",
+        "nft",
+        "-o",
+        "json",
+    ];
+    let mut live = trace.to_vec();
+    live.push("--live");
+    let from_kernel = ns.run(SVCROUTE, &live);
+    assert_eq!(from_kernel.code, 0, "{}", from_kernel.stderr);
+    let rendered = svcroute(&trace);
+    assert_eq!(rendered.code, 0, "{}", rendered.stderr);
+    assert_same_decisions(&from_kernel.stdout, &rendered.stdout);
+
+    // Without objects: the same decisions, without naming the services.
+    let bare = ns.run(
+        SVCROUTE,
+        &[
+            "--config",
+            NODE,
+            "trace",
+            "--packets",
+            PACKETS,
+            "--backend",
+            "nft",
+            "--live",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(bare.code, 0, "{}", bare.stderr);
+    assert_eq!(bare.stderr, "");
+    let strip = |text: &str| -> String {
+        text.lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                let o = v.as_object_mut().unwrap();
+                o.remove("service");
+                o.remove("frontend");
+                format!("{v}\n")
+            })
+            .collect()
+    };
+    assert_same_decisions(&strip(&bare.stdout), &strip(&rendered.stdout));
+
+    let run = ns.run(SVCROUTE, &["cleanup", "--backend", "nft"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "nft: removed the svcroute tables\n");
+    assert_eq!(ns.nft_ruleset(), theirs, "cleanup removes our tables only");
+
+    // Cleaning up again is fine; tracing live then finds no table: nothing matches.
+    let run = ns.run(SVCROUTE, &["cleanup", "--backend", "nft", "-o", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report, json!({"action": "cleanup", "backend": "nft"}));
+    let empty = ns.run(SVCROUTE, &live);
+    assert_eq!(empty.code, 0, "{}", empty.stderr);
+    for line in empty.stdout.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["verdict"], "no-match", "{line}");
     }
 }

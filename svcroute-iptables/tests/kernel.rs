@@ -3,22 +3,23 @@
 //! through it, and every check compares three things: the endpoints that actually answered,
 //! the trace of the node's own `iptables-save` dump, and the core's reference decision.
 //!
-//! Needs root, `ip`, `iptables-nft`, `ip6tables-nft`, `conntrack` and `python3`; without
-//! them each test prints SKIPPED and passes (see `support::netns::skip`). The topology is
-//! described in `support/netns.rs`: endpoints `ep1` and `ep2` are on this node, `ep3` is
+//! Needs root, `ip`, `python3`, `iptables-nft`, `ip6tables-nft` and `conntrack`; without
+//! them each test prints SKIPPED and passes (see `svcroute_testbed::Backend::skip`). The
+//! topology is `svcroute-testbed`'s: endpoints `ep1` and `ep2` are on this node, `ep3` is
 //! labelled as on another node (so traffic policies are observable) although it is attached
 //! to this one.
 
 mod support;
 
-use std::time::Duration;
-
-use svcroute_conformance::objects::{EndpointBuilder, ServiceBuilder, SliceBuilder, ep};
+use svcroute_conformance::objects::{ServiceBuilder, ep};
 use svcroute_core::decide::Verdict;
 use svcroute_core::model::{IpFamily, Protocol};
-use svcroute_core::watch::WatchEvent;
+use svcroute_testbed::{
+    ALL, LOCAL, LiveProxy as _, NODE_NAME, Reply, Request, SHORT, Topology, endpoint_slice,
+    service, tcp, udp,
+};
 
-use support::netns::{NODE_NAME, Reply, Request, SERVER_PORT, Topology};
+use support::netns::{IPTABLES, IptablesNode as _};
 use support::proxy::Proxy;
 
 const TCP: Protocol = Protocol::Tcp;
@@ -26,81 +27,18 @@ const UDP: Protocol = Protocol::Udp;
 const V4: IpFamily = IpFamily::IPv4;
 const V6: IpFamily = IpFamily::IPv6;
 
-/// Attempts per reachability check: missing one of three random endpoints in 48 tries has
-/// a chance of 3·(2/3)^48 ≈ 10⁻⁸.
-const MANY: usize = 48;
-
-/// Every endpoint pod.
-const ALL: &[&str] = &["ep1", "ep2", "ep3"];
-
-/// The endpoints on this node.
-const LOCAL: &[&str] = &["ep1", "ep2"];
-
-/// How long to wait for an answer that must not come.
-const SHORT: Duration = Duration::from_secs(1);
-
-/// [`MANY`] TCP connections to `dst`.
-fn tcp(dst: &str) -> Request {
-    Request::new(TCP, dst, MANY)
-}
-
-/// [`MANY`] UDP exchanges with `dst`.
-fn udp(dst: &str) -> Request {
-    Request::new(UDP, dst, MANY)
-}
-
-/// A Service `default/NAME` with one ClusterIP per family and port `http` 80/TCP.
-fn service(name: &str, cluster_ips: &[&str]) -> ServiceBuilder {
-    ServiceBuilder::new("default", name)
-        .cluster_ips(cluster_ips)
-        .port("http", 80, "TCP")
-}
-
-/// The EndpointSlice `default/SERVICE-v4` (or `-v6`) with ports `http` 8080/TCP and `dns`
-/// 8080/UDP.
-fn endpoint_slice(
-    service: &str,
-    family: IpFamily,
-    endpoints: impl IntoIterator<Item = EndpointBuilder>,
-) -> WatchEvent {
-    let (address_type, suffix) = match family {
-        IpFamily::IPv4 => ("IPv4", "v4"),
-        IpFamily::IPv6 => ("IPv6", "v6"),
-    };
-    let name = format!("{service}-{suffix}");
-    let port = i64::from(SERVER_PORT);
-    endpoints
-        .into_iter()
-        .fold(
-            SliceBuilder::new("default", &name, service, address_type)
-                .port("http", port, "TCP")
-                .port("dns", port, "UDP"),
-            SliceBuilder::endpoint,
-        )
-        .apply()
-}
-
-/// The EndpointSlice of `service` for `family` listing `pods` (by name) on their nodes.
-fn slice(topo: &Topology, service: &str, family: IpFamily, pods: &[&str]) -> WatchEvent {
-    let endpoints = pods.iter().map(|name| {
-        let pod = topo.pod(name);
-        ep(&pod.ip(family).to_string()).on(pod.node_name)
-    });
-    endpoint_slice(service, family, endpoints)
-}
-
 /// A cold sync big enough for the iptables-nft chain-cache workaround (`-S` in the payload)
 /// on a node whose nat table does not exist yet: the built-in chains must still be created.
 #[test]
 fn cold_sync_with_many_chains_on_a_fresh_node() {
-    let Some(topo) = Topology::new("cold_sync_many_chains") else {
+    let Some(topo) = Topology::new(&IPTABLES, "cold_sync_many_chains") else {
         return;
     };
     let mut objects = Vec::new();
     for i in 0..40 {
         let name = format!("web{i}");
         objects.push(service(&name, &[&format!("10.96.1.{}", i + 1)]).apply());
-        objects.push(slice(&topo, &name, V4, ALL));
+        objects.push(topo.slice(&name, V4, ALL));
     }
     let proxy = Proxy::start(&topo, &objects);
     let payload_chains = topo.save(V4).matches(":KUBE-SEP-").count();
@@ -116,7 +54,7 @@ fn cold_sync_with_many_chains_on_a_fresh_node() {
 /// ClusterIP over IPv4, TCP and UDP: a pod and the node itself reach every endpoint.
 #[test]
 fn cluster_ip_ipv4() {
-    let Some(topo) = Topology::new("cluster_ip_ipv4") else {
+    let Some(topo) = Topology::new(&IPTABLES, "cluster_ip_ipv4") else {
         return;
     };
     let proxy = Proxy::start(
@@ -125,7 +63,7 @@ fn cluster_ip_ipv4() {
             service("web", &["10.96.0.10"])
                 .port("dns", 53, "UDP")
                 .apply(),
-            slice(&topo, "web", V4, ALL),
+            topo.slice("web", V4, ALL),
         ],
     );
     let client = topo.pod("client");
@@ -138,7 +76,7 @@ fn cluster_ip_ipv4() {
 /// ClusterIP over IPv6, TCP and UDP: a pod and the node itself reach every endpoint.
 #[test]
 fn cluster_ip_ipv6() {
-    let Some(topo) = Topology::new("cluster_ip_ipv6") else {
+    let Some(topo) = Topology::new(&IPTABLES, "cluster_ip_ipv6") else {
         return;
     };
     let proxy = Proxy::start(
@@ -147,7 +85,7 @@ fn cluster_ip_ipv6() {
             service("web", &["fd00:96::10"])
                 .port("dns", 53, "UDP")
                 .apply(),
-            slice(&topo, "web", V6, ALL),
+            topo.slice("web", V6, ALL),
         ],
     );
     let client = topo.pod("client");
@@ -159,7 +97,7 @@ fn cluster_ip_ipv6() {
 /// NodePort, eTP=Cluster: the external client reaches every endpoint over both families.
 #[test]
 fn node_port_cluster_policy() {
-    let Some(topo) = Topology::new("node_port_cluster_policy") else {
+    let Some(topo) = Topology::new(&IPTABLES, "node_port_cluster_policy") else {
         return;
     };
     let proxy = Proxy::start(
@@ -170,8 +108,8 @@ fn node_port_cluster_policy() {
                 .cluster_ips(&["10.96.0.30", "fd00:96::30"])
                 .node_port("http", 80, "TCP", 30030)
                 .apply(),
-            slice(&topo, "np", V4, ALL),
-            slice(&topo, "np", V6, ALL),
+            topo.slice("np", V4, ALL),
+            topo.slice("np", V6, ALL),
         ],
     );
     // eTP=Cluster: the external client reaches every endpoint, remote ones included.
@@ -183,7 +121,7 @@ fn node_port_cluster_policy() {
 /// node itself reach all.
 #[test]
 fn node_port_local_policy() {
-    let Some(topo) = Topology::new("node_port_local_policy") else {
+    let Some(topo) = Topology::new(&IPTABLES, "node_port_local_policy") else {
         return;
     };
     let proxy = Proxy::start(
@@ -195,8 +133,8 @@ fn node_port_local_policy() {
                 .node_port("http", 80, "TCP", 30040)
                 .external_policy_local()
                 .apply(),
-            slice(&topo, "local", V4, ALL),
-            slice(&topo, "local", V6, ALL),
+            topo.slice("local", V4, ALL),
+            topo.slice("local", V6, ALL),
         ],
     );
     // External clients reach the local endpoints only (and keep their address).
@@ -212,7 +150,7 @@ fn node_port_local_policy() {
 /// iTP=Local: a pod reaches only this node's endpoints; with none here, nothing.
 #[test]
 fn internal_policy_local() {
-    let Some(topo) = Topology::new("internal_policy_local") else {
+    let Some(topo) = Topology::new(&IPTABLES, "internal_policy_local") else {
         return;
     };
     let proxy = Proxy::start(
@@ -221,11 +159,11 @@ fn internal_policy_local() {
             service("itp", &["10.96.0.50"])
                 .internal_policy_local()
                 .apply(),
-            slice(&topo, "itp", V4, ALL),
+            topo.slice("itp", V4, ALL),
             service("itp-remote", &["10.96.0.51"])
                 .internal_policy_local()
                 .apply(),
-            slice(&topo, "itp-remote", V4, &["ep3"]),
+            topo.slice("itp-remote", V4, &["ep3"]),
         ],
     );
     let client = topo.pod("client");
@@ -238,7 +176,7 @@ fn internal_policy_local() {
 /// externalIPs: the external client and a pod reach every endpoint.
 #[test]
 fn external_ips() {
-    let Some(topo) = Topology::new("external_ips") else {
+    let Some(topo) = Topology::new(&IPTABLES, "external_ips") else {
         return;
     };
     let proxy = Proxy::start(
@@ -248,8 +186,8 @@ fn external_ips() {
                 .external_ip("203.0.113.60")
                 .external_ip("2001:db8::60")
                 .apply(),
-            slice(&topo, "ext", V4, ALL),
-            slice(&topo, "ext", V6, ALL),
+            topo.slice("ext", V4, ALL),
+            topo.slice("ext", V6, ALL),
         ],
     );
     proxy.expect_endpoints(&topo, &topo.ext, tcp("203.0.113.60:80"), ALL);
@@ -262,7 +200,7 @@ fn external_ips() {
 /// dropped; the NodePort is not filtered.
 #[test]
 fn load_balancer_source_ranges() {
-    let Some(topo) = Topology::new("load_balancer_source_ranges") else {
+    let Some(topo) = Topology::new(&IPTABLES, "load_balancer_source_ranges") else {
         return;
     };
     let proxy = Proxy::start(
@@ -277,8 +215,8 @@ fn load_balancer_source_ranges() {
                 .source_range("192.168.50.2/32")
                 .source_range("fd00:50::2/128")
                 .apply(),
-            slice(&topo, "lb", V4, ALL),
-            slice(&topo, "lb", V6, ALL),
+            topo.slice("lb", V4, ALL),
+            topo.slice("lb", V6, ALL),
         ],
     );
     // The allowed client gets through; the other address of the LAN gets nothing.
@@ -294,15 +232,15 @@ fn load_balancer_source_ranges() {
 /// Hairpin: a pod reaches itself through its Service, masqueraded on its own branch only.
 #[test]
 fn hairpin() {
-    let Some(topo) = Topology::new("hairpin") else {
+    let Some(topo) = Topology::new(&IPTABLES, "hairpin") else {
         return;
     };
     let proxy = Proxy::start(
         &topo,
         &[
             service("echo", &["10.96.0.80", "fd00:96::80"]).apply(),
-            slice(&topo, "echo", V4, LOCAL),
-            slice(&topo, "echo", V6, LOCAL),
+            topo.slice("echo", V4, LOCAL),
+            topo.slice("echo", V6, LOCAL),
         ],
     );
     let ep1 = topo.pod("ep1");
@@ -323,7 +261,7 @@ fn hairpin() {
 /// ClientIP affinity: each client keeps one endpoint over all its connections.
 #[test]
 fn session_affinity_client_ip() {
-    let Some(topo) = Topology::new("session_affinity_client_ip") else {
+    let Some(topo) = Topology::new(&IPTABLES, "session_affinity_client_ip") else {
         return;
     };
     let proxy = Proxy::start(
@@ -332,8 +270,8 @@ fn session_affinity_client_ip() {
             service("sticky", &["10.96.0.90", "fd00:96::90"])
                 .client_ip_affinity(None)
                 .apply(),
-            slice(&topo, "sticky", V4, ALL),
-            slice(&topo, "sticky", V6, ALL),
+            topo.slice("sticky", V4, ALL),
+            topo.slice("sticky", V6, ALL),
         ],
     );
     for dst in ["10.96.0.90:80", "[fd00:96::90]:80"] {
@@ -347,7 +285,7 @@ fn session_affinity_client_ip() {
 /// dropped.
 #[test]
 fn no_endpoints_reject() {
-    let Some(topo) = Topology::new("no_endpoints_reject") else {
+    let Some(topo) = Topology::new(&IPTABLES, "no_endpoints_reject") else {
         return;
     };
     let proxy = Proxy::start(
@@ -357,7 +295,7 @@ fn no_endpoints_reject() {
                 .port("dns", 53, "UDP")
                 .apply(),
             service("web", &["10.96.0.101"]).apply(),
-            slice(&topo, "web", V4, ALL),
+            topo.slice("web", V4, ALL),
         ],
     );
     let client = topo.pod("client");
@@ -385,7 +323,7 @@ fn no_endpoints_reject() {
 /// although the removed one still answers.
 #[test]
 fn udp_endpoint_removal_flushes_conntrack() {
-    let Some(topo) = Topology::new("udp_endpoint_removal_flushes_conntrack") else {
+    let Some(topo) = Topology::new(&IPTABLES, "udp_endpoint_removal_flushes_conntrack") else {
         return;
     };
     let mut proxy = Proxy::start(
@@ -395,8 +333,8 @@ fn udp_endpoint_removal_flushes_conntrack() {
                 .cluster_ips(&["10.96.0.53", "fd00:96::53"])
                 .port("dns", 53, "UDP")
                 .apply(),
-            slice(&topo, "dns", V4, ALL),
-            slice(&topo, "dns", V6, ALL),
+            topo.slice("dns", V4, ALL),
+            topo.slice("dns", V6, ALL),
         ],
     );
     let client = topo.pod("client");
@@ -414,7 +352,7 @@ fn udp_endpoint_removal_flushes_conntrack() {
         );
         // Its endpoint leaves the slice (its server keeps running).
         let remaining: Vec<&str> = ALL.iter().copied().filter(|p| *p != gone).collect();
-        let report = proxy.update(&[slice(&topo, "dns", family, &remaining)]);
+        let report = proxy.update(&[topo.slice("dns", family, &remaining)]);
         assert!(report.writes > 0, "{report:?}");
         assert_eq!(proxy.dataplane().conntrack_error(), None);
         // The same flow now reaches a remaining endpoint: its stale entry was deleted.
@@ -487,8 +425,10 @@ fn our_chains(rules: &[String], table: &str) -> Vec<String> {
 /// deleted), and `cleanup` removes all of ours and only ours.
 #[test]
 fn cleanup_keeps_foreign_rules_and_a_restart_adopts_ours() {
-    let Some(topo) = Topology::node_only("cleanup_keeps_foreign_rules_and_a_restart_adopts_ours")
-    else {
+    let Some(topo) = Topology::node_only(
+        &IPTABLES,
+        "cleanup_keeps_foreign_rules_and_a_restart_adopts_ours",
+    ) else {
         return;
     };
     for family in IpFamily::ALL {

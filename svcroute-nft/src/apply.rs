@@ -161,12 +161,16 @@ pub fn render_full(table: &str, desired: &Desired) -> Transaction {
     full_transaction(table, &states)
 }
 
-/// `table` without the table and chain comments `nft -j` does not list.
+/// `table` without what `nft -j` does not list: table and chain comments, the protocol of
+/// endpoint maps.
 fn without_comments(table: &Table) -> Table {
     let mut t = table.clone();
     t.comment = None;
     for chain in t.chains.values_mut() {
         chain.comment = None;
+    }
+    for set in t.sets.values_mut() {
+        set.decl.protocol = None;
     }
     t
 }

@@ -245,6 +245,7 @@ fn set_decl(tag: &str, obj: &Obj, family: IpFamily) -> Parse<SetDecl> {
         key,
         interval,
         timeout,
+        protocol: None,
         comment: optional_string(obj, "comment")?,
     })
 }
@@ -1484,6 +1485,7 @@ mod tests {
                 key: vec![KeyType::Addr],
                 interval: true,
                 timeout: None,
+                protocol: None,
                 comment: Some("cluster".into()),
             }
         );
@@ -1565,6 +1567,7 @@ mod tests {
                 key: vec![KeyType::Addr],
                 interval: false,
                 timeout: Some(10800),
+                protocol: None,
                 comment: None,
             }
         );
@@ -1902,6 +1905,7 @@ mod tests {
             key,
             interval,
             timeout,
+            protocol: None,
             comment: comment.map(String::from),
         };
         let plain = |comment: Option<&str>| Element {

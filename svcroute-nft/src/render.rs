@@ -102,6 +102,7 @@ fn set_decl(kind: SetKind, key: Vec<KeyType>, comment: &str) -> SetDecl {
         key,
         interval: false,
         timeout: None,
+        protocol: None,
         comment: Some(comment.to_string()),
     }
 }
@@ -771,11 +772,14 @@ impl PortRenderer<'_> {
         self.out.sets.push((
             map,
             Set {
-                decl: set_decl(
-                    kind,
-                    vec![KeyType::Slot],
-                    &format!("{display} {which} endpoints"),
-                ),
+                decl: SetDecl {
+                    protocol: (kind == SetKind::EndpointMap).then_some(self.protocol),
+                    ..set_decl(
+                        kind,
+                        vec![KeyType::Slot],
+                        &format!("{display} {which} endpoints"),
+                    )
+                },
                 elements: elements.into_iter().collect(),
             },
         ));
@@ -805,6 +809,7 @@ impl PortRenderer<'_> {
                 key: vec![KeyType::Addr],
                 interval: false,
                 timeout: Some(timeout),
+                protocol: None,
                 comment: Some(format!("{} clients of {endpoint}", self.names.display)),
             }),
         ));

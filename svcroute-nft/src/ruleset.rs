@@ -285,6 +285,11 @@ pub struct SetDecl {
     pub interval: bool,
     /// `flags dynamic,timeout; timeout Ns`: filled by `update` statements, elements expire.
     pub timeout: Option<u32>,
+    /// For endpoint maps: the protocol of the rules using the map. nft 1.0.6 declares the
+    /// map `typeof ... ip daddr . PROTO dport` and refuses rules of another protocol (or
+    /// `th dport`) once the map is in the kernel. `nft -j` does not list it (`None` when read
+    /// back); without it the declaration uses `th dport`.
+    pub protocol: Option<Protocol>,
     /// The set's comment.
     pub comment: Option<String>,
 }
@@ -543,7 +548,8 @@ impl SetDecl {
             out.push_str("typeof numgen random mod 2 : ");
             match self.kind {
                 SetKind::EndpointMap => {
-                    let _ = write!(out, "{} daddr . tcp dport", family_name(family));
+                    let proto = self.protocol.map_or("th", Protocol::lower);
+                    let _ = write!(out, "{} daddr . {proto} dport", family_name(family));
                 }
                 SetKind::VerdictMap | SetKind::Set => out.push_str("verdict"),
             }
@@ -703,19 +709,21 @@ mod tests {
             key: vec![KeyType::Slot],
             interval: false,
             timeout: None,
+            protocol: None,
             comment: Some("ns/web:http".into()),
         };
         let mut s = String::new();
         decl.write_body(IpFamily::IPv4, &mut s);
         assert_eq!(
             s,
-            "{ typeof numgen random mod 2 : ip daddr . tcp dport; comment \"ns/web:http\"; }"
+            "{ typeof numgen random mod 2 : ip daddr . th dport; comment \"ns/web:http\"; }"
         );
         let vmap = SetDecl {
             kind: SetKind::VerdictMap,
             key: vec![KeyType::Addr, KeyType::Proto, KeyType::Service],
             interval: false,
             timeout: None,
+            protocol: None,
             comment: None,
         };
         s.clear();

@@ -4,7 +4,8 @@
 //! of changed service ports makes: chains of unchanged ports are never mentioned, and maps and
 //! sets change element by element.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use svcroute_core::model::IpFamily;
 use svcroute_core::select::ServicePortName;
@@ -16,13 +17,28 @@ use crate::transaction::{Command, Transaction};
 /// A key of a shared set or map.
 type SharedKey = (&'static str, ElemKey);
 
+/// The elements service ports contribute for one shared key, sorted by port name.
+type Contributions = Vec<(Arc<ServicePortName>, Element)>;
+
+fn contribute(contributions: &mut Contributions, name: &Arc<ServicePortName>, element: Element) {
+    match contributions.binary_search_by(|(n, _)| (**n).cmp(&**name)) {
+        Ok(i) => contributions[i].1 = element,
+        Err(i) => contributions.insert(i, (name.clone(), element)),
+    }
+}
+
+fn withdraw(contributions: &mut Contributions, name: &ServicePortName) {
+    contributions.retain(|(n, _)| **n != *name);
+}
+
 /// One family's programmed table and who contributed what.
 #[derive(Debug, Clone)]
 pub struct FamilyState {
     table: Table,
-    ports: BTreeMap<ServicePortName, PortObjects>,
-    /// Every service port's element per shared key; the first (by port name) is programmed.
-    shared: BTreeMap<SharedKey, BTreeMap<ServicePortName, Element>>,
+    ports: BTreeMap<Arc<ServicePortName>, PortObjects>,
+    /// Every service port's element per shared key, sorted by port name; the first is
+    /// programmed. (Most keys have one contributor; endpoint IPs and ClusterIPs may have more.)
+    shared: HashMap<SharedKey, Contributions>,
 }
 
 /// The commands of an incremental sync, by phase: the kernel checks references at every
@@ -118,13 +134,20 @@ impl FamilyState {
         let mut state = FamilyState {
             table: skeleton,
             ports: BTreeMap::new(),
-            shared: BTreeMap::new(),
+            shared: HashMap::new(),
         };
-        let mut touched = BTreeSet::new();
+        let mut touched = Vec::new();
         for (name, objects) in ports {
-            state.insert(name, objects, &mut touched);
+            state.insert(Arc::new(name), objects, &mut touched);
         }
-        state.program_shared(touched);
+        // Every key is new: program them all in one pass.
+        for ((set, key), contributions) in &state.shared {
+            if let (Some(target), Some((_, element))) =
+                (state.table.sets.get_mut(*set), contributions.first())
+            {
+                target.elements.insert(key.clone(), element.clone());
+            }
+        }
         state
     }
 
@@ -190,8 +213,7 @@ impl FamilyState {
     pub fn plan(&self, changes: &[(ServicePortName, Option<PortObjects>)], tx: &mut Transaction) {
         let mut phases = Phases::default();
         let empty = PortObjects::default();
-        let mut new_shared: BTreeMap<SharedKey, BTreeMap<ServicePortName, Element>> =
-            BTreeMap::new();
+        let mut new_shared: BTreeMap<SharedKey, Contributions> = BTreeMap::new();
         for (name, new) in changes {
             let old = self.ports.get(name).unwrap_or(&empty);
             let new = new.as_ref().unwrap_or(&empty);
@@ -203,17 +225,18 @@ impl FamilyState {
                 new_shared
                     .entry(shared_key.clone())
                     .or_insert_with(|| self.shared.get(&shared_key).cloned().unwrap_or_default())
-                    .remove(name);
+                    .retain(|(n, _)| **n != *name);
             }
+            let arc = Arc::new(name.clone());
             for (set, key, element) in &new.elements {
                 if let Some(contributions) = new_shared.get_mut(&(*set, key.clone())) {
-                    contributions.insert(name.clone(), element.clone());
+                    contribute(contributions, &arc, element.clone());
                 }
             }
         }
         for (key, contributions) in &new_shared {
             let before = self.programmed(key);
-            let after = contributions.values().next();
+            let after = contributions.first().map(|(_, e)| e);
             if before == after {
                 continue;
             }
@@ -235,7 +258,7 @@ impl FamilyState {
     }
 
     fn programmed(&self, key: &SharedKey) -> Option<&Element> {
-        self.shared.get(key).and_then(|c| c.values().next())
+        self.shared.get(key).and_then(|c| c.first()).map(|(_, e)| e)
     }
 
     /// Chains whose rules changed, or that use a set declared anew (deleting it needs the
@@ -343,17 +366,19 @@ impl FamilyState {
 
     /// Records that the kernel now holds the result of [`FamilyState::plan`] for `changes`.
     pub fn commit(&mut self, changes: Vec<(ServicePortName, Option<PortObjects>)>) {
-        let mut touched = BTreeSet::new();
+        let mut touched = Vec::new();
         for (name, new) in changes {
             self.remove(&name, &mut touched);
             if let Some(objects) = new {
-                self.insert(name, objects, &mut touched);
+                self.insert(Arc::new(name), objects, &mut touched);
             }
         }
+        touched.sort();
+        touched.dedup();
         self.program_shared(touched);
     }
 
-    fn remove(&mut self, name: &ServicePortName, touched: &mut BTreeSet<SharedKey>) {
+    fn remove(&mut self, name: &ServicePortName, touched: &mut Vec<SharedKey>) {
         let Some(old) = self.ports.remove(name) else {
             return;
         };
@@ -366,17 +391,17 @@ impl FamilyState {
         for (set, key, _) in old.elements {
             let shared_key = (set, key);
             if let Some(contributions) = self.shared.get_mut(&shared_key) {
-                contributions.remove(name);
+                withdraw(contributions, name);
             }
-            touched.insert(shared_key);
+            touched.push(shared_key);
         }
     }
 
     fn insert(
         &mut self,
-        name: ServicePortName,
+        name: Arc<ServicePortName>,
         objects: PortObjects,
-        touched: &mut BTreeSet<SharedKey>,
+        touched: &mut Vec<SharedKey>,
     ) {
         for (chain, body) in &objects.chains {
             self.table.chains.insert(chain.clone(), body.clone());
@@ -386,23 +411,20 @@ impl FamilyState {
         }
         for (set, key, element) in &objects.elements {
             let shared_key = (*set, key.clone());
-            self.shared
-                .entry(shared_key.clone())
-                .or_default()
-                .insert(name.clone(), element.clone());
-            touched.insert(shared_key);
+            contribute(
+                self.shared.entry(shared_key.clone()).or_default(),
+                &name,
+                element.clone(),
+            );
+            touched.push(shared_key);
         }
         self.ports.insert(name, objects);
     }
 
     /// Writes the programmed element of every touched shared key into the table.
-    fn program_shared(&mut self, touched: BTreeSet<SharedKey>) {
+    fn program_shared(&mut self, touched: Vec<SharedKey>) {
         for key in touched {
-            let element = self
-                .shared
-                .get(&key)
-                .and_then(|c| c.values().next())
-                .cloned();
+            let element = self.programmed(&key).cloned();
             if element.is_none() {
                 self.shared.remove(&key);
             }

@@ -1105,6 +1105,7 @@ mod tests {
             key,
             interval: false,
             timeout: None,
+            protocol: None,
             comment: None,
         }
     }

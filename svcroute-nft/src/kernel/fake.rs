@@ -1313,6 +1313,7 @@ mod tests {
             key,
             interval: false,
             timeout: None,
+            protocol: None,
             comment: None,
         }
     }
@@ -1420,6 +1421,7 @@ mod tests {
                 "affinity",
                 SetDecl {
                     timeout: Some(10800),
+                    protocol: None,
                     ..decl(SetKind::Set, vec![KeyType::Addr])
                 },
             ),
@@ -1942,6 +1944,7 @@ mod tests {
             (
                 SetDecl {
                     timeout: Some(5),
+                    protocol: None,
                     ..vmap.clone()
                 },
                 "EEXIST",
@@ -1956,6 +1959,7 @@ mod tests {
             SetDecl {
                 interval: true,
                 timeout: Some(1),
+                protocol: None,
                 ..decl(SetKind::Set, vec![KeyType::Addr])
             },
         ] {

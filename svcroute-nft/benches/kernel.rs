@@ -1,0 +1,273 @@
+//! Applies the benchmark workloads to a real kernel, inside network namespaces this binary
+//! creates and deletes: a cold full sync, then one-endpoint changes (wall time and
+//! transaction bytes), and first-packet latency: new TCP connections per second to one
+//! service with few or many services programmed. Needs root, `ip` and `nft` (see
+//! `BENCHMARKS.md`).
+//!
+//! ```text
+//! cargo bench -p svcroute-nft --bench kernel                 # every sync workload
+//! cargo bench -p svcroute-nft --bench kernel -- 5000x50      # workloads whose id matches
+//! cargo bench -p svcroute-nft --bench kernel -- --latency    # connections/s, 10 vs 10,000
+//! ```
+//!
+//! For `--latency` the binary runs itself inside the namespaces as a TCP server
+//! (`--serve ADDR`) and as the client (`--connect ADDR COUNT`), so neither side is slower
+//! than the dataplane it measures.
+
+#[allow(dead_code)]
+#[path = "../../svcroute-core/benches/common/mod.rs"]
+mod common;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use svcroute_core::model::api;
+use svcroute_core::watch::Event;
+use svcroute_core::{Dataplane, State};
+use svcroute_nft::{NftDataplane, SystemKernel};
+
+use common::{Workload, flip_first_endpoint};
+
+const WORKLOADS: [Workload; 6] = [
+    Workload::new(100, 10),
+    Workload::new(1_000, 10),
+    Workload::new(5_000, 10),
+    Workload::new(10_000, 10),
+    Workload::new(5_000, 50),
+    Workload::new(10_000, 50),
+];
+
+/// Endpoint changes measured per workload.
+const CHANGES: usize = 9;
+
+/// A network namespace deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Self {
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot create network namespace {name} (root needed)");
+        Netns(name)
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &self.0, program])
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "{program} {args:?} failed in {}", self.0);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn sync(w: Workload, runtime: &tokio::runtime::Runtime) {
+    let ns = Netns::new(format!("svcroute-nftbench-{}", std::process::id()));
+    let mut state = w.build_state();
+    let kernel = SystemKernel::new().in_netns(ns.0.clone());
+    let mut dp = NftDataplane::new(Box::new(kernel));
+
+    let start = Instant::now();
+    let report = runtime
+        .block_on(dp.sync_full(state.desired()))
+        .expect("full sync");
+    let full = start.elapsed();
+
+    // Even changes take the endpoint out (not ready), odd ones put it back.
+    let original = w.slice(w.changed_index());
+    let flipped = flip_first_endpoint(&original);
+    let mut removals = Vec::new();
+    let mut additions = Vec::new();
+    for i in 0..CHANGES {
+        let slice = if i % 2 == 0 {
+            flipped.clone()
+        } else {
+            original.clone()
+        };
+        let start = Instant::now();
+        state.apply(Event::Apply(slice)).expect("valid slice");
+        let changes = state.take_changes();
+        let r = runtime
+            .block_on(dp.apply(state.desired(), &changes))
+            .expect("apply");
+        let sample = (start.elapsed(), r.bytes);
+        if i % 2 == 0 {
+            removals.push(sample);
+        } else {
+            additions.push(sample);
+        }
+    }
+    let summary = |samples: &[(Duration, usize)]| {
+        let times: Vec<Duration> = samples.iter().map(|s| s.0).collect();
+        let max = times.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1e3);
+        format!(
+            "{:>6.1} ms (max {:>6.1}), {:>5} B",
+            median(times).as_secs_f64() * 1e3,
+            max,
+            samples.iter().map(|s| s.1).max().unwrap_or(0)
+        )
+    };
+    println!(
+        "{:>9}: full sync {:>6.2} s, {:>10} B; endpoint out: {}; endpoint back: {}",
+        w.id(),
+        full.as_secs_f64(),
+        report.bytes,
+        summary(&removals),
+        summary(&additions),
+    );
+}
+
+/// The probe service: ClusterIP 10.96.255.254:80 → the pod's 10.99.0.2:8080.
+fn probe_objects() -> (api::Service, api::EndpointSlice) {
+    let service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "probe", "namespace": "bench"},
+        "spec": {"clusterIP": "10.96.255.254", "ports": [{"name": "http", "port": 80}]}
+    }))
+    .expect("probe service");
+    let slice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "probe-1", "namespace": "bench",
+                     "labels": {"kubernetes.io/service-name": "probe"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.99.0.2"], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    }))
+    .expect("probe slice");
+    (service, slice)
+}
+
+/// Connections per second from the node to the probe service with `services` others
+/// programmed (median of three rounds).
+fn latency(services: usize, runtime: &tokio::runtime::Runtime) -> f64 {
+    const COUNT: &str = "4000";
+    let pid = std::process::id();
+    let node = Netns::new(format!("svcroute-nftlat-node-{pid}"));
+    let pod = Netns::new(format!("svcroute-nftlat-pod-{pid}"));
+    let ok = Command::new("ip")
+        .args(["link", "add", "svcl-n", "netns", &node.0, "type", "veth"])
+        .args(["peer", "name", "svcl-p", "netns", &pod.0])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "cannot create the veth pair");
+    node.run("ip", &["addr", "add", "10.99.0.1/24", "dev", "svcl-n"]);
+    node.run("ip", &["link", "set", "svcl-n", "up"]);
+    node.run("ip", &["link", "set", "lo", "up"]);
+    node.run("ip", &["route", "add", "10.96.0.0/12", "dev", "svcl-n"]);
+    node.run("sysctl", &["-qw", "net.ipv4.tcp_tw_reuse=1"]);
+    pod.run("ip", &["addr", "add", "10.99.0.2/24", "dev", "svcl-p"]);
+    pod.run("ip", &["link", "set", "svcl-p", "up"]);
+    pod.run("ip", &["link", "set", "lo", "up"]);
+
+    let w = Workload::new(services, 10);
+    let mut state: State = w.build_state();
+    let (service, slice) = probe_objects();
+    state.apply(Event::Apply(service)).expect("probe service");
+    state.apply(Event::Apply(slice)).expect("probe slice");
+    state.take_changes();
+    let kernel = SystemKernel::new().in_netns(node.0.clone());
+    let mut dp = NftDataplane::new(Box::new(kernel));
+    runtime
+        .block_on(dp.sync_full(state.desired()))
+        .expect("full sync");
+
+    let me = std::env::current_exe().expect("own path");
+    let me = me.to_string_lossy();
+    let mut server: Child = Command::new("ip")
+        .args(["netns", "exec", &pod.0, &me, "--serve", "10.99.0.2:8080"])
+        .spawn()
+        .expect("server");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.0,
+                &me,
+                "--connect",
+                "10.96.255.254:80",
+                COUNT,
+            ])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("client");
+        let rate: f64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("client prints connections per second");
+        rates.push(rate);
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    rates.sort_by(f64::total_cmp);
+    rates[1]
+}
+
+/// `--serve ADDR`: accepts connections and closes them, forever.
+fn serve(addr: &str) {
+    let listener = TcpListener::bind(addr).expect("bind");
+    for stream in listener.incoming() {
+        drop(stream);
+    }
+}
+
+/// `--connect ADDR COUNT`: opens COUNT connections one after the other, waits for the
+/// server's close on each, prints connections per second.
+fn connect(addr: &str, count: usize) {
+    let addr: SocketAddr = addr.parse().expect("address");
+    let start = Instant::now();
+    let mut buf = [0u8; 1];
+    for _ in 0..count {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+        let _ = s.read(&mut buf);
+    }
+    println!("{:.0}", count as f64 / start.elapsed().as_secs_f64());
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    match args.first().map(String::as_str) {
+        Some("--serve") => return serve(&args[1]),
+        Some("--connect") => return connect(&args[1], args[2].parse().expect("count")),
+        _ => {}
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime");
+    if args.iter().any(|a| a == "--latency") {
+        let few = latency(10, &runtime);
+        let many = latency(10_000, &runtime);
+        println!(
+            "first-packet: {few:.0} connections/s with 10 services, {many:.0} with 10,000: \
+             ratio {:.3}",
+            many / few
+        );
+        return;
+    }
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    println!("nft kernel sync, {CHANGES} changes per workload");
+    for w in WORKLOADS {
+        if filters.is_empty() || filters.iter().any(|f| w.id() == **f) {
+            sync(w, &runtime);
+        }
+    }
+}
