@@ -1180,6 +1180,62 @@ fn skipped(test: &str, why: &str) {
     eprintln!("\n*** SKIPPED {test}: {why} ***\n");
 }
 
+/// `trace --live` of `backend` in `ns` gives the decisions rendered for the same objects,
+/// with the objects given or not (then without naming the services).
+fn live_traces_match_rendered(ns: &Netns, backend: &str) {
+    let trace = [
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--packets",
+        PACKETS,
+        "--backend",
+        backend,
+        "-o",
+        "json",
+    ];
+    let mut live = trace.to_vec();
+    live.push("--live");
+    let from_kernel = ns.run(SVCROUTE, &live);
+    assert_eq!(from_kernel.code, 0, "{}", from_kernel.stderr);
+    let rendered = svcroute(&trace);
+    assert_eq!(rendered.code, 0, "{}", rendered.stderr);
+    assert_same_decisions(&from_kernel.stdout, &rendered.stdout);
+
+    // Without objects: the same decisions, without naming the services.
+    let bare = ns.run(
+        SVCROUTE,
+        &[
+            "--config",
+            NODE,
+            "trace",
+            "--packets",
+            PACKETS,
+            "--backend",
+            backend,
+            "--live",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(bare.code, 0, "{}", bare.stderr);
+    assert_eq!(bare.stderr, "");
+    let strip = |text: &str| -> String {
+        text.lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                let o = v.as_object_mut().unwrap();
+                o.remove("service");
+                o.remove("frontend");
+                format!("{v}\n")
+            })
+            .collect()
+    };
+    assert_same_decisions(&strip(&bare.stdout), &strip(&rendered.stdout));
+}
+
 #[test]
 fn apply_trace_live_and_cleanup_in_a_network_namespace() {
     const TEST: &str = "apply_trace_live_and_cleanup_in_a_network_namespace";
@@ -1243,57 +1299,7 @@ fn apply_trace_live_and_cleanup_in_a_network_namespace() {
     assert_eq!(ns.saved(), applied);
 
     // The live rules trace like the rules rendered for the same objects.
-    let trace = [
-        "--config",
-        NODE,
-        "trace",
-        "-f",
-        CLUSTER,
-        "--packets",
-        PACKETS,
-        "--backend",
-        "iptables",
-        "-o",
-        "json",
-    ];
-    let mut live = trace.to_vec();
-    live.push("--live");
-    let from_kernel = ns.run(SVCROUTE, &live);
-    assert_eq!(from_kernel.code, 0, "{}", from_kernel.stderr);
-    let rendered = svcroute(&trace);
-    assert_eq!(rendered.code, 0, "{}", rendered.stderr);
-    assert_same_decisions(&from_kernel.stdout, &rendered.stdout);
-
-    // Without objects: the same decisions, without naming the services.
-    let bare = ns.run(
-        SVCROUTE,
-        &[
-            "--config",
-            NODE,
-            "trace",
-            "--packets",
-            PACKETS,
-            "--backend",
-            "iptables",
-            "--live",
-            "-o",
-            "json",
-        ],
-    );
-    assert_eq!(bare.code, 0, "{}", bare.stderr);
-    assert_eq!(bare.stderr, "");
-    let strip = |text: &str| -> String {
-        text.lines()
-            .map(|l| {
-                let mut v: Value = serde_json::from_str(l).unwrap();
-                let o = v.as_object_mut().unwrap();
-                o.remove("service");
-                o.remove("frontend");
-                format!("{v}\n")
-            })
-            .collect()
-    };
-    assert_same_decisions(&strip(&bare.stdout), &strip(&rendered.stdout));
+    live_traces_match_rendered(&ns, "iptables");
 
     let run = ns.run(SVCROUTE, &["cleanup", "--backend", "iptables"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -1695,57 +1701,7 @@ fn nft_apply_trace_live_and_cleanup_in_a_network_namespace() {
     assert_eq!(ns.nft_ruleset(), applied);
 
     // The live tables trace like the tables rendered for the same objects.
-    let trace = [
-        "--config",
-        NODE,
-        "trace",
-        "-f",
-        CLUSTER,
-        "--packets",
-        PACKETS,
-        "--backend",
-        "nft",
-        "-o",
-        "json",
-    ];
-    let mut live = trace.to_vec();
-    live.push("--live");
-    let from_kernel = ns.run(SVCROUTE, &live);
-    assert_eq!(from_kernel.code, 0, "{}", from_kernel.stderr);
-    let rendered = svcroute(&trace);
-    assert_eq!(rendered.code, 0, "{}", rendered.stderr);
-    assert_same_decisions(&from_kernel.stdout, &rendered.stdout);
-
-    // Without objects: the same decisions, without naming the services.
-    let bare = ns.run(
-        SVCROUTE,
-        &[
-            "--config",
-            NODE,
-            "trace",
-            "--packets",
-            PACKETS,
-            "--backend",
-            "nft",
-            "--live",
-            "-o",
-            "json",
-        ],
-    );
-    assert_eq!(bare.code, 0, "{}", bare.stderr);
-    assert_eq!(bare.stderr, "");
-    let strip = |text: &str| -> String {
-        text.lines()
-            .map(|l| {
-                let mut v: Value = serde_json::from_str(l).unwrap();
-                let o = v.as_object_mut().unwrap();
-                o.remove("service");
-                o.remove("frontend");
-                format!("{v}\n")
-            })
-            .collect()
-    };
-    assert_same_decisions(&strip(&bare.stdout), &strip(&rendered.stdout));
+    live_traces_match_rendered(&ns, "nft");
 
     let run = ns.run(SVCROUTE, &["cleanup", "--backend", "nft"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -1757,6 +1713,20 @@ fn nft_apply_trace_live_and_cleanup_in_a_network_namespace() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report, json!({"action": "cleanup", "backend": "nft"}));
+    let live = [
+        "--config",
+        NODE,
+        "trace",
+        "-f",
+        CLUSTER,
+        "--packets",
+        PACKETS,
+        "--backend",
+        "nft",
+        "-o",
+        "json",
+        "--live",
+    ];
     let empty = ns.run(SVCROUTE, &live);
     assert_eq!(empty.code, 0, "{}", empty.stderr);
     for line in empty.stdout.lines() {

@@ -130,3 +130,15 @@ pub fn stale_flows(changes: &ChangeSet, family: IpFamily) -> Vec<ConntrackFlows>
     flows.dedup();
     flows
 }
+
+/// [`stale_flows`] for each of `families`, leaving out families with none.
+pub fn stale_flows_per_family(
+    changes: &ChangeSet,
+    families: impl IntoIterator<Item = IpFamily>,
+) -> Vec<(IpFamily, Vec<ConntrackFlows>)> {
+    families
+        .into_iter()
+        .map(|f| (f, stale_flows(changes, f)))
+        .filter(|(_, flows)| !flows.is_empty())
+        .collect()
+}

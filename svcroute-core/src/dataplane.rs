@@ -50,6 +50,21 @@ pub struct Capabilities {
     pub incremental: bool,
 }
 
+impl Capabilities {
+    /// A backend named `name` that implements everything: both families, every protocol,
+    /// affinity, source ranges, incremental syncs.
+    pub fn full(name: &'static str) -> Self {
+        Capabilities {
+            name,
+            families: IpFamily::ALL.to_vec(),
+            protocols: Protocol::ALL.to_vec(),
+            session_affinity: true,
+            source_ranges: true,
+            incremental: true,
+        }
+    }
+}
+
 /// How to recover from a [`DataplaneError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {

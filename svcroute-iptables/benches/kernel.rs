@@ -15,16 +15,17 @@
 #[allow(dead_code)]
 #[path = "../../svcroute-core/benches/common/mod.rs"]
 mod common;
+#[path = "../../svcroute-core/benches/common/kernel.rs"]
+mod kernel_bench;
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use svcroute_core::Dataplane;
-use svcroute_core::watch::Event;
 use svcroute_iptables::kernel::IptablesMode;
 use svcroute_iptables::{IptablesDataplane, Options, SystemKernel};
 
-use common::{Workload, flip_first_endpoint};
+use common::Workload;
+use kernel_bench::Netns;
 
 const WORKLOADS: [Workload; 6] = [
     Workload::new(100, 10),
@@ -38,31 +39,6 @@ const WORKLOADS: [Workload; 6] = [
 /// Endpoint changes measured per workload.
 const CHANGES: usize = 9;
 
-/// A network namespace deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Self {
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cannot create network namespace {name} (root needed)");
-        Netns(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn run(w: Workload, mode: IptablesMode, options: Options, runtime: &tokio::runtime::Runtime) {
     let ns = Netns::new(format!("svcroute-bench-{}", std::process::id()));
     let mut state = w.build_state();
@@ -75,48 +51,21 @@ fn run(w: Workload, mode: IptablesMode, options: Options, runtime: &tokio::runti
         .expect("full sync");
     let full = start.elapsed();
 
-    // Even changes take the endpoint out (not ready), odd ones put it back.
-    let original = w.slice(w.changed_index());
-    let flipped = flip_first_endpoint(&original);
-    let mut removals = Vec::new();
-    let mut additions = Vec::new();
-    for i in 0..CHANGES {
-        let slice = if i % 2 == 0 {
-            flipped.clone()
-        } else {
-            original.clone()
-        };
-        let start = Instant::now();
-        state.apply(Event::Apply(slice)).expect("valid slice");
-        let changes = state.take_changes();
-        let r = runtime
-            .block_on(dp.apply(state.desired(), &changes))
-            .expect("apply");
-        let sample = (start.elapsed(), r.bytes);
-        if i % 2 == 0 {
-            removals.push(sample);
-        } else {
-            additions.push(sample);
-        }
-    }
-    let summary = |samples: &[(Duration, usize)]| {
-        let times: Vec<Duration> = samples.iter().map(|s| s.0).collect();
-        let max = times.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1e3);
-        format!(
-            "{:>6.1} ms (max {:>6.1}), {:>5} B",
-            median(times).as_secs_f64() * 1e3,
-            max,
-            samples.iter().map(|s| s.1).max().unwrap_or(0)
-        )
-    };
+    let (out, back) =
+        kernel_bench::endpoint_changes(&w, &mut state, CHANGES, |desired, changes| {
+            runtime
+                .block_on(dp.apply(desired, changes))
+                .expect("apply")
+                .bytes
+        });
     println!(
         "{:>9} {:>6}: full sync {:>6.2} s, {:>10} B; endpoint out: {}; endpoint back: {}",
         w.id(),
         mode.as_str(),
         full.as_secs_f64(),
         report.bytes,
-        summary(&removals),
-        summary(&additions),
+        out,
+        back,
     );
 }
 

@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use svcroute_core::dataplane::{ApplyReport, Capabilities, SyncKind};
 use svcroute_core::decide::Packet;
-use svcroute_core::model::{IpFamily, Protocol, ProxyConfig};
+use svcroute_core::model::{IpFamily, ProxyConfig};
 use svcroute_core::select::ResolvedServicePort;
 use svcroute_core::{ChangeSet, Dataplane, DataplaneError, Decision, Desired, TraceError, Verdict};
 
@@ -29,7 +29,7 @@ use crate::payload::FamilyState;
 use crate::render;
 use crate::ruleset::Ruleset;
 use crate::trace::Tracer;
-use svcroute_core::conntrack::stale_flows;
+use svcroute_core::conntrack::stale_flows_per_family;
 
 const BACKEND: &str = "iptables";
 
@@ -330,31 +330,19 @@ impl IptablesDataplane {
     }
 
     fn clean_conntrack(&mut self, changes: &ChangeSet) {
-        self.conntrack_error = None;
-        let families: Vec<IpFamily> = self.shadow.families.keys().copied().collect();
-        for family in families {
-            let flows = stale_flows(changes, family);
-            if flows.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.kernel.delete_conntrack(family, &flows) {
-                self.conntrack_error = Some(e.to_string());
-            }
-        }
+        let stale = stale_flows_per_family(changes, self.shadow.families.keys().copied());
+        self.conntrack_error = stale
+            .iter()
+            .filter_map(|(family, flows)| self.kernel.delete_conntrack(*family, flows).err())
+            .last()
+            .map(|e| e.to_string());
     }
 }
 
 #[async_trait]
 impl Dataplane for IptablesDataplane {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            name: BACKEND,
-            families: IpFamily::ALL.to_vec(),
-            protocols: Protocol::ALL.to_vec(),
-            session_affinity: true,
-            source_ranges: true,
-            incremental: true,
-        }
+        Capabilities::full(BACKEND)
     }
 
     async fn apply(

@@ -5,11 +5,11 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 
 use ipnet::IpNet;
-use svcroute_core::model::{IpFamily, NodePortAddresses, ProxyConfig, TrafficPolicy};
+use svcroute_core::model::{IpFamily, ProxyConfig, TrafficPolicy};
 use svcroute_core::select::{
     FamilyRouting, NoEndpointVerdict, ResolvedServicePort, ServicePortName,
 };
@@ -85,47 +85,20 @@ fn jump(rule_prefix: &str, target: &str) -> String {
 /// `--nodeport-addresses` and localhost NodePorts exactly as
 /// [`ProxyConfig::accepts_nodeport_on`] does.
 fn nodeport_gates(config: &ProxyConfig, family: IpFamily, note: &str, target: &str) -> Vec<String> {
-    let loopback4 = IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8);
-    let localhost = family == IpFamily::IPv4 && config.localhost_nodeports;
     let c = comment(note);
-    match &config.nodeport_addresses {
-        NodePortAddresses::All => {
-            let exclude = match family {
-                IpFamily::IPv4 if localhost => String::new(),
-                IpFamily::IPv4 => "! -d 127.0.0.0/8 ".to_string(),
-                IpFamily::IPv6 => "! -d ::1/128 ".to_string(),
-            };
-            vec![format!(
-                "{exclude}{c} -m addrtype --dst-type LOCAL -j {target}"
-            )]
-        }
-        NodePortAddresses::Primary => config
-            .primary_ip(family)
-            .filter(|ip| !ip.is_loopback())
-            .map(|ip| vec![format!("-d {} {c} -j {target}", host(ip))])
-            .unwrap_or_default(),
-        NodePortAddresses::Cidrs(cidrs) => {
-            let mut nets: BTreeSet<IpNet> = config
-                .node_ips
-                .iter()
-                .filter(|ip| IpFamily::of(ip) == family && !ip.is_loopback())
-                .filter(|ip| cidrs.iter().any(|n| n.contains(*ip)))
-                .map(|ip| IpNet::from(*ip))
-                .collect();
-            if localhost {
-                for cidr in cidrs {
-                    if cidr.contains(&loopback4) {
-                        nets.insert(loopback4);
-                    } else if loopback4.contains(cidr) {
-                        nets.insert(*cidr);
-                    }
-                }
-            }
-            nets.iter()
-                .map(|n| format!("-d {n} {c} -j {target}"))
-                .collect()
-        }
-    }
+    let Some(nets) = config.nodeport_networks(family) else {
+        let exclude = match family {
+            IpFamily::IPv4 if config.localhost_nodeports => "",
+            IpFamily::IPv4 => "! -d 127.0.0.0/8 ",
+            IpFamily::IPv6 => "! -d ::1/128 ",
+        };
+        return vec![format!(
+            "{exclude}{c} -m addrtype --dst-type LOCAL -j {target}"
+        )];
+    };
+    nets.iter()
+        .map(|n| format!("-d {n} {c} -j {target}"))
+        .collect()
 }
 
 fn pod_cidrs(config: &ProxyConfig, family: IpFamily) -> Vec<IpNet> {
@@ -412,22 +385,6 @@ impl PortRenderer<'_> {
         }
     }
 
-    fn external_frontends(&self) -> Vec<(IpAddr, &'static str)> {
-        let mut v: Vec<(IpAddr, &'static str)> = self
-            .fam
-            .external_ips
-            .iter()
-            .map(|ip| (*ip, "external IP"))
-            .collect();
-        v.extend(
-            self.fam
-                .load_balancer_ips
-                .iter()
-                .map(|ip| (*ip, "loadbalancer IP")),
-        );
-        v
-    }
-
     fn firewall(&mut self) {
         let Some(allowed) = &self.fam.firewall_allowed_sources else {
             return;
@@ -492,7 +449,7 @@ impl PortRenderer<'_> {
     /// The no-endpoint verdict for every external frontend.
     fn refuse_external(&mut self, when: NoEndpointVerdict) {
         let (verdict, note) = Self::verdict(when);
-        for (ip, _) in self.external_frontends() {
+        for (ip, _) in self.fam.external_frontends() {
             let rule = jump(&self.frontend(ip, note), verdict);
             self.shared(TableName::Filter, names::EXTERNAL_SERVICES, rule);
         }
@@ -504,7 +461,7 @@ impl PortRenderer<'_> {
 
     /// External traffic (externalIPs, LB IPs, NodePort); returns the endpoint chains it uses.
     fn external(&mut self) -> Vec<String> {
-        let frontends = self.external_frontends();
+        let frontends = self.fam.external_frontends();
         if frontends.is_empty() && self.port.node_port.is_none() {
             return Vec::new();
         }

@@ -37,7 +37,8 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 use svcroute_core::dataplane::TraceError;
-use svcroute_core::decide::{Decision, PROBABILITY_TOLERANCE, Packet, Verdict, WeightedEndpoint};
+use svcroute_core::decide::paths::{self, PathEnd, TracedPath};
+use svcroute_core::decide::{Decision, Packet, Verdict};
 use svcroute_core::model::{IpFamily, Protocol, ProxyConfig};
 
 use crate::ruleset::{Ruleset, TableName};
@@ -1063,74 +1064,29 @@ impl Walk<'_> {
 // Combining branches
 // ---------------------------------------------------------------------------------------------
 
-fn verdict_name(o: &Outcome) -> &'static str {
-    match o {
-        Outcome::Drop => "drop",
-        Outcome::Reject => "reject",
-        Outcome::Dnat(_) => "dnat",
-        Outcome::Accept => "accept",
-        Outcome::NoMatch => "no-match",
-    }
-}
-
-/// Merges the branches into one decision, or says why they do not make one.
+/// Merges the branches into one decision (see [`paths::combine`]); the affinity is checked
+/// over every branch first, as `recent` pairs checks and sets across chains.
 fn combine(packet: &Packet, outcomes: Vec<(Branch, Outcome)>) -> Result<Decision, TraceError> {
-    let inconsistent = |why: String| TraceError::Inconsistent(format!("packet {packet}: {why}"));
-    let total: f64 = outcomes.iter().map(|(b, _)| b.probability).sum();
-    if (total - 1.0).abs() > PROBABILITY_TOLERANCE {
-        return Err(inconsistent(format!("branch probabilities sum to {total}")));
-    }
-    let mut kinds: Vec<&'static str> = outcomes.iter().map(|(_, o)| verdict_name(o)).collect();
-    kinds.sort_unstable();
-    kinds.dedup();
-    match kinds.as_slice() {
-        ["dnat"] => {}
-        [_] => {
-            return Ok(Decision::simple(match outcomes.first().map(|(_, o)| o) {
-                Some(Outcome::Drop) => Verdict::Drop,
-                Some(Outcome::Reject) => Verdict::Reject,
-                Some(Outcome::Accept) => Verdict::Accept,
-                _ => Verdict::NoMatch,
-            }));
-        }
-        [] => return Err(inconsistent("no branch".to_string())),
-        _ => {
-            return Err(inconsistent(format!(
-                "branches end in different verdicts: {}",
-                kinds.join(", ")
-            )));
-        }
-    }
-
-    let mut endpoints: BTreeMap<SocketAddr, (f64, bool)> = BTreeMap::new();
-    for (branch, outcome) in &outcomes {
-        let Outcome::Dnat(endpoint) = outcome else {
-            continue;
-        };
-        let entry = endpoints
-            .entry(*endpoint)
-            .or_insert((0.0, branch.masquerade));
-        if entry.1 != branch.masquerade {
-            return Err(inconsistent(format!(
-                "endpoint {endpoint} is masqueraded on some paths only"
-            )));
-        }
-        entry.0 += branch.probability;
-    }
-    let affinity = affinity(&outcomes).map_err(inconsistent)?;
-    let weighted: Vec<WeightedEndpoint> = endpoints
-        .into_iter()
-        .map(|(endpoint, (probability, masquerade))| WeightedEndpoint {
-            endpoint,
-            probability,
-            masquerade,
+    let affinity = affinity(&outcomes)
+        .map_err(|why| TraceError::Inconsistent(format!("packet {packet}: {why}")))?;
+    let traced: Vec<TracedPath> = outcomes
+        .iter()
+        .map(|(branch, outcome)| TracedPath {
+            probability: branch.probability,
+            end: match outcome {
+                Outcome::Drop => PathEnd::Drop,
+                Outcome::Reject => PathEnd::Reject,
+                Outcome::Accept => PathEnd::Accept,
+                Outcome::NoMatch => PathEnd::NoMatch,
+                Outcome::Dnat(endpoint) => PathEnd::Dnat {
+                    endpoint: *endpoint,
+                    masquerade: branch.masquerade,
+                    affinity,
+                },
+            },
         })
         .collect();
-    Ok(Decision {
-        masquerade: weighted.iter().any(|w| w.masquerade),
-        verdict: Verdict::Dnat(weighted),
-        affinity_timeout_seconds: affinity,
-    })
+    paths::combine(packet, &traced)
 }
 
 /// The affinity timeout of DNAT branches: none when no branch met `recent`; otherwise every
@@ -1177,6 +1133,7 @@ fn affinity(outcomes: &[(Branch, Outcome)]) -> Result<Option<u32>, String> {
 mod tests {
     use super::*;
     use crate::parse::parse_save;
+    use svcroute_core::decide::WeightedEndpoint;
 
     /// A ruleset as svcroute renders it (restore syntax, built-in chains declared), plus a few
     /// foreign rules (`FOREIGN`, `DOCKER`, docker's MASQUERADE, an ssh ACCEPT) that must be

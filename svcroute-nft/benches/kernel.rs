@@ -17,6 +17,8 @@
 #[allow(dead_code)]
 #[path = "../../svcroute-core/benches/common/mod.rs"]
 mod common;
+#[path = "../../svcroute-core/benches/common/kernel.rs"]
+mod kernel_bench;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -28,7 +30,8 @@ use svcroute_core::watch::Event;
 use svcroute_core::{Dataplane, State};
 use svcroute_nft::{NftDataplane, SystemKernel};
 
-use common::{Workload, flip_first_endpoint};
+use common::Workload;
+use kernel_bench::Netns;
 
 const WORKLOADS: [Workload; 6] = [
     Workload::new(100, 10),
@@ -42,39 +45,14 @@ const WORKLOADS: [Workload; 6] = [
 /// Endpoint changes measured per workload.
 const CHANGES: usize = 9;
 
-/// A network namespace deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cannot create network namespace {name} (root needed)");
-        Netns(name)
-    }
-
-    fn run(&self, program: &str, args: &[&str]) {
-        let ok = Command::new("ip")
-            .args(["netns", "exec", &self.0, program])
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "{program} {args:?} failed in {}", self.0);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+/// Runs `program` in the namespace; panics when it fails.
+fn run_in(ns: &Netns, program: &str, args: &[&str]) {
+    let ok = Command::new("ip")
+        .args(["netns", "exec", &ns.0, program])
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "{program} {args:?} failed in {}", ns.0);
 }
 
 fn sync(w: Workload, runtime: &tokio::runtime::Runtime) {
@@ -89,47 +67,20 @@ fn sync(w: Workload, runtime: &tokio::runtime::Runtime) {
         .expect("full sync");
     let full = start.elapsed();
 
-    // Even changes take the endpoint out (not ready), odd ones put it back.
-    let original = w.slice(w.changed_index());
-    let flipped = flip_first_endpoint(&original);
-    let mut removals = Vec::new();
-    let mut additions = Vec::new();
-    for i in 0..CHANGES {
-        let slice = if i % 2 == 0 {
-            flipped.clone()
-        } else {
-            original.clone()
-        };
-        let start = Instant::now();
-        state.apply(Event::Apply(slice)).expect("valid slice");
-        let changes = state.take_changes();
-        let r = runtime
-            .block_on(dp.apply(state.desired(), &changes))
-            .expect("apply");
-        let sample = (start.elapsed(), r.bytes);
-        if i % 2 == 0 {
-            removals.push(sample);
-        } else {
-            additions.push(sample);
-        }
-    }
-    let summary = |samples: &[(Duration, usize)]| {
-        let times: Vec<Duration> = samples.iter().map(|s| s.0).collect();
-        let max = times.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1e3);
-        format!(
-            "{:>6.1} ms (max {:>6.1}), {:>5} B",
-            median(times).as_secs_f64() * 1e3,
-            max,
-            samples.iter().map(|s| s.1).max().unwrap_or(0)
-        )
-    };
+    let (out, back) =
+        kernel_bench::endpoint_changes(&w, &mut state, CHANGES, |desired, changes| {
+            runtime
+                .block_on(dp.apply(desired, changes))
+                .expect("apply")
+                .bytes
+        });
     println!(
         "{:>9}: full sync {:>6.2} s, {:>10} B; endpoint out: {}; endpoint back: {}",
         w.id(),
         full.as_secs_f64(),
         report.bytes,
-        summary(&removals),
-        summary(&additions),
+        out,
+        back,
     );
 }
 
@@ -164,14 +115,26 @@ fn latency(services: usize, runtime: &tokio::runtime::Runtime) -> f64 {
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "cannot create the veth pair");
-    node.run("ip", &["addr", "add", "10.99.0.1/24", "dev", "svcl-n"]);
-    node.run("ip", &["link", "set", "svcl-n", "up"]);
-    node.run("ip", &["link", "set", "lo", "up"]);
-    node.run("ip", &["route", "add", "10.96.0.0/12", "dev", "svcl-n"]);
-    node.run("sysctl", &["-qw", "net.ipv4.tcp_tw_reuse=1"]);
-    pod.run("ip", &["addr", "add", "10.99.0.2/24", "dev", "svcl-p"]);
-    pod.run("ip", &["link", "set", "svcl-p", "up"]);
-    pod.run("ip", &["link", "set", "lo", "up"]);
+    run_in(
+        &node,
+        "ip",
+        &["addr", "add", "10.99.0.1/24", "dev", "svcl-n"],
+    );
+    run_in(&node, "ip", &["link", "set", "svcl-n", "up"]);
+    run_in(&node, "ip", &["link", "set", "lo", "up"]);
+    run_in(
+        &node,
+        "ip",
+        &["route", "add", "10.96.0.0/12", "dev", "svcl-n"],
+    );
+    run_in(&node, "sysctl", &["-qw", "net.ipv4.tcp_tw_reuse=1"]);
+    run_in(
+        &pod,
+        "ip",
+        &["addr", "add", "10.99.0.2/24", "dev", "svcl-p"],
+    );
+    run_in(&pod, "ip", &["link", "set", "svcl-p", "up"]);
+    run_in(&pod, "ip", &["link", "set", "lo", "up"]);
 
     let w = Workload::new(services, 10);
     let mut state: State = w.build_state();

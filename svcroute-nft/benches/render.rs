@@ -20,11 +20,9 @@ use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_m
 use svcroute_core::model::IpFamily;
 use svcroute_core::watch::Event;
 use svcroute_core::{ChangeSet, Desired};
-use svcroute_nft::apply::{desired_state, full_transaction};
+use svcroute_nft::apply::{Plan, desired_states, full_transaction};
 use svcroute_nft::names;
-use svcroute_nft::render;
 use svcroute_nft::state::FamilyState;
-use svcroute_nft::transaction::Transaction;
 
 use common::{Workload, flip_first_endpoint};
 
@@ -36,13 +34,6 @@ const WORKLOADS: [Workload; 5] = [
     Workload::new(5_000, 50),
 ];
 
-fn states(desired: &Desired) -> BTreeMap<IpFamily, FamilyState> {
-    IpFamily::ALL
-        .iter()
-        .map(|f| (*f, desired_state(desired, *f)))
-        .collect()
-}
-
 fn full_render(c: &mut Criterion) {
     let mut group = c.benchmark_group("full_render");
     group
@@ -53,13 +44,13 @@ fn full_render(c: &mut Criterion) {
     for w in WORKLOADS {
         let state = w.build_state();
         let desired = state.desired();
-        let bytes = full_transaction(names::TABLE, &states(desired))
+        let bytes = full_transaction(names::TABLE, &desired_states(desired))
             .text()
             .len();
         eprintln!("full_render/{}: {bytes} bytes", w.id());
         group.bench_function(w.id(), |b| {
             b.iter_with_large_drop(|| {
-                let states = states(desired);
+                let states = desired_states(desired);
                 let text = full_transaction(names::TABLE, &states).text();
                 (states, text)
             })
@@ -75,30 +66,9 @@ fn plan(
     desired: &Desired,
     changes: &ChangeSet,
 ) -> usize {
-    let config = desired.config();
-    let mut tx = Transaction::new(names::TABLE);
-    let mut updates = Vec::new();
-    for (family, state) in states.iter() {
-        let family_changes: Vec<_> = changes
-            .changes()
-            .iter()
-            .map(|c| {
-                let objects = c
-                    .current
-                    .as_ref()
-                    .and_then(|p| render::port_objects(config, p, *family));
-                (c.name.clone(), objects)
-            })
-            .collect();
-        state.plan(&family_changes, &mut tx);
-        updates.push((*family, family_changes));
-    }
-    let bytes = tx.text().len();
-    for (family, family_changes) in updates {
-        if let Some(state) = states.get_mut(&family) {
-            state.commit(family_changes);
-        }
-    }
+    let plan = Plan::new(names::TABLE, states, desired, changes);
+    let bytes = plan.transaction.text().len();
+    plan.commit(states);
     bytes
 }
 
@@ -110,7 +80,7 @@ fn one_endpoint_change(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3));
     for w in WORKLOADS {
         let mut state = w.build_state();
-        let mut states = states(state.desired());
+        let mut states = desired_states(state.desired());
         let original = w.slice(w.changed_index());
         let flipped = flip_first_endpoint(&original);
         state

@@ -16,10 +16,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use svcroute_core::conntrack::stale_flows;
+use svcroute_core::conntrack::stale_flows_per_family;
 use svcroute_core::dataplane::{ApplyReport, Capabilities, SyncKind};
 use svcroute_core::decide::Packet;
-use svcroute_core::model::{IpFamily, Protocol, ProxyConfig};
+use svcroute_core::model::{IpFamily, ProxyConfig};
 use svcroute_core::select::{ResolvedServicePort, ServicePortName};
 use svcroute_core::{ChangeSet, Dataplane, DataplaneError, Decision, Desired, TraceError};
 
@@ -27,7 +27,7 @@ use crate::kernel::{Kernel, KernelError};
 use crate::names;
 use crate::render::{self, PortObjects};
 use crate::ruleset::Table;
-use crate::state::FamilyState;
+use crate::state::{FamilyState, PortChanges};
 use crate::trace;
 use crate::transaction::{Command, Transaction};
 
@@ -151,14 +151,69 @@ pub fn full_transaction(table: &str, states: &BTreeMap<IpFamily, FamilyState>) -
     tx
 }
 
-/// The full transaction for `desired` (what `sync_full` writes), without running it.
-pub fn render_full(table: &str, desired: &Desired) -> Transaction {
-    let states = IpFamily::ALL
+/// An incremental sync: the transaction for a change set, and what each family records once
+/// the kernel took it.
+#[derive(Debug)]
+pub struct Plan {
+    /// The transaction (empty when nothing changes in the kernel).
+    pub transaction: Transaction,
+    rendered: Vec<(IpFamily, PortChanges)>,
+}
+
+impl Plan {
+    /// Renders the changed ports of every family in `states` and plans their difference.
+    pub fn new(
+        table: &str,
+        states: &BTreeMap<IpFamily, FamilyState>,
+        desired: &Desired,
+        changes: &ChangeSet,
+    ) -> Self {
+        let config = desired.config();
+        let mut transaction = Transaction::new(table);
+        let mut rendered = Vec::new();
+        for (family, state) in states {
+            let family_changes: PortChanges = changes
+                .changes()
+                .iter()
+                .map(|c| {
+                    let objects = c
+                        .current
+                        .as_ref()
+                        .and_then(|p| render::port_objects(config, p, *family));
+                    (c.name.clone(), objects)
+                })
+                .collect();
+            state.plan(&family_changes, &mut transaction);
+            rendered.push((*family, family_changes));
+        }
+        Plan {
+            transaction,
+            rendered,
+        }
+    }
+
+    /// Records in `states` that the kernel holds the planned result.
+    pub fn commit(self, states: &mut BTreeMap<IpFamily, FamilyState>) {
+        for (family, family_changes) in self.rendered {
+            if let Some(state) = states.get_mut(&family) {
+                state.commit(family_changes);
+            }
+        }
+    }
+}
+
+/// The full state of every family `desired` handles.
+pub fn desired_states(desired: &Desired) -> BTreeMap<IpFamily, FamilyState> {
+    IpFamily::ALL
         .iter()
         .filter(|f| desired.config().handles(**f))
         .map(|f| (*f, desired_state(desired, *f)))
-        .collect();
-    full_transaction(table, &states)
+        .collect()
+}
+
+/// The full transaction for `desired` (what `sync_full` writes), without running it.
+pub fn render_full(table: &str, desired: &Desired) -> Transaction {
+    full_transaction(table, &desired_states(desired))
 }
 
 /// `table` without what `nft -j` does not list: table and chain comments, the protocol of
@@ -243,68 +298,37 @@ impl NftDataplane {
         desired: &Desired,
         changes: &ChangeSet,
     ) -> Result<ApplyReport, DataplaneError> {
-        let config = desired.config();
-        let mut tx = Transaction::new(&self.options.table);
-        let mut rendered = Vec::new();
-        for (family, state) in &self.shadow.families {
-            let family_changes: Vec<(ServicePortName, Option<PortObjects>)> = changes
-                .changes()
-                .iter()
-                .map(|c| {
-                    let objects = c
-                        .current
-                        .as_ref()
-                        .and_then(|p| render::port_objects(config, p, *family));
-                    (c.name.clone(), objects)
-                })
-                .collect();
-            state.plan(&family_changes, &mut tx);
-            rendered.push((*family, family_changes));
-        }
+        let plan = Plan::new(&self.options.table, &self.shadow.families, desired, changes);
+        let tx = &plan.transaction;
         let bytes = if tx.is_empty() {
             0
         } else {
-            self.run("nft -f (incremental)", &tx)?
+            self.run("nft -f (incremental)", tx)?
         };
-        for (family, family_changes) in rendered {
-            if let Some(state) = self.shadow.families.get_mut(&family) {
-                state.commit(family_changes);
-            }
-        }
+        let writes = usize::from(!tx.is_empty());
+        plan.commit(&mut self.shadow.families);
         self.clean_conntrack(changes);
         Ok(ApplyReport {
-            writes: usize::from(!tx.is_empty()),
+            writes,
             bytes,
             service_ports: changes.len(),
         })
     }
 
     fn clean_conntrack(&mut self, changes: &ChangeSet) {
-        self.conntrack_error = None;
-        let families: Vec<IpFamily> = self.shadow.families.keys().copied().collect();
-        for family in families {
-            let flows = stale_flows(changes, family);
-            if flows.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.kernel.delete_conntrack(family, &flows) {
-                self.conntrack_error = Some(e.to_string());
-            }
-        }
+        let stale = stale_flows_per_family(changes, self.shadow.families.keys().copied());
+        self.conntrack_error = stale
+            .iter()
+            .filter_map(|(family, flows)| self.kernel.delete_conntrack(*family, flows).err())
+            .last()
+            .map(|e| e.to_string());
     }
 }
 
 #[async_trait]
 impl Dataplane for NftDataplane {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            name: BACKEND,
-            families: IpFamily::ALL.to_vec(),
-            protocols: Protocol::ALL.to_vec(),
-            session_affinity: true,
-            source_ranges: true,
-            incremental: true,
-        }
+        Capabilities::full(BACKEND)
     }
 
     async fn apply(
@@ -321,11 +345,7 @@ impl Dataplane for NftDataplane {
     }
 
     async fn sync_full(&mut self, desired: &Desired) -> Result<ApplyReport, DataplaneError> {
-        let states: BTreeMap<IpFamily, FamilyState> = IpFamily::ALL
-            .iter()
-            .filter(|f| desired.config().handles(**f))
-            .map(|f| (*f, desired_state(desired, *f)))
-            .collect();
+        let states = desired_states(desired);
         let tx = full_transaction(&self.options.table, &states);
         let bytes = self.run("nft -f (full sync)", &tx)?;
         self.shadow = Shadow {

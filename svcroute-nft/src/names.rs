@@ -118,13 +118,6 @@ pub fn affinity_set(sep: &str) -> String {
     format!("{sep}-aff")
 }
 
-/// Whether a chain of our table belongs to one service port (as opposed to the fixed ones).
-pub fn is_service_chain(name: &str) -> bool {
-    ["svc-", "svl-", "ext-", "fw-", "sep-"]
-        .iter()
-        .any(|p| name.starts_with(p))
-}
-
 /// Text made safe inside an nft comment: nft's quoted strings have no usable escapes, so
 /// double quotes become single quotes, backslashes slashes and control characters spaces; cut
 /// to 100 bytes, well under nft's 128-byte limit, leaving room for the words rules add.
@@ -164,7 +157,6 @@ mod tests {
         let dns = PortNames::new(&spn("kube-system", "kube-dns", "dns", Protocol::Udp));
         assert_eq!(dns.svc, "svc-TCOU7JCQXEZGVUNU");
         assert_eq!(endpoint_map(&dns.svl), "svl-TCOU7JCQXEZGVUNU-ep");
-        assert!(is_service_chain(&dns.fw) && !is_service_chain(SERVICES));
         let name = spn("ns", "web", "", Protocol::Tcp);
         let names = PortNames::new(&name);
         let a = names.sep(&name, &"10.0.0.1:80".parse().unwrap());

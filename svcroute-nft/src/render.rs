@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
-use svcroute_core::model::{IpFamily, NodePortAddresses, Protocol, ProxyConfig, TrafficPolicy};
+use svcroute_core::model::{IpFamily, Protocol, ProxyConfig, TrafficPolicy};
 use svcroute_core::select::{FamilyRouting, NoEndpointVerdict, ResolvedServicePort};
 
 use crate::names::{self, PortNames, affinity_set, endpoint_map};
@@ -141,52 +141,29 @@ fn in_family(family: IpFamily) -> impl Fn(&&IpNet) -> bool {
     move |n| IpFamily::of(&n.addr()) == family
 }
 
-/// The NodePort address filter as `(statements before the lookup, nodeport-ips elements)`,
-/// following `--nodeport-addresses` and localhost NodePorts exactly as
-/// [`ProxyConfig::accepts_nodeport_on`] does.
+/// The NodePort address filter as `(statements before the lookup, nodeport-ips elements)`:
+/// every local address but loopback (`fib daddr type local`), or the listed networks
+/// ([`ProxyConfig::nodeport_networks`]).
 fn node_port_gate(config: &ProxyConfig, family: IpFamily) -> (Vec<Stmt>, BTreeSet<IpNet>) {
-    let loopback4 = IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8);
-    let loopback6 = IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128);
-    let localhost = family == IpFamily::IPv4 && config.localhost_nodeports;
-    let restricted = |nets: BTreeSet<IpNet>| (vec![in_set(Expr::Daddr, names::NODEPORT_IPS)], nets);
-    match &config.nodeport_addresses {
-        NodePortAddresses::All => {
-            let mut gate = vec![is(Expr::FibDaddrType, Value::Local)];
-            match family {
-                IpFamily::IPv4 if localhost => {}
-                IpFamily::IPv4 => gate.push(is_not(Expr::Daddr, net_value(loopback4))),
-                IpFamily::IPv6 => gate.push(is_not(Expr::Daddr, net_value(loopback6))),
-            }
-            (gate, BTreeSet::new())
-        }
-        NodePortAddresses::Primary => restricted(
-            config
-                .primary_ip(family)
-                .filter(|ip| !ip.is_loopback())
-                .map(IpNet::from)
-                .into_iter()
-                .collect(),
-        ),
-        NodePortAddresses::Cidrs(cidrs) => {
-            let mut nets: BTreeSet<IpNet> = config
-                .node_ips
-                .iter()
-                .filter(|ip| IpFamily::of(ip) == family && !ip.is_loopback())
-                .filter(|ip| cidrs.iter().any(|n| n.contains(*ip)))
-                .map(|ip| IpNet::from(*ip))
-                .collect();
-            if localhost {
-                for cidr in cidrs {
-                    if cidr.contains(&loopback4) {
-                        nets.insert(loopback4);
-                    } else if loopback4.contains(cidr) {
-                        nets.insert(*cidr);
-                    }
-                }
-            }
-            restricted(nets)
-        }
+    if let Some(nets) = config.nodeport_networks(family) {
+        return (vec![in_set(Expr::Daddr, names::NODEPORT_IPS)], nets);
     }
+    let mut gate = vec![is(Expr::FibDaddrType, Value::Local)];
+    match family {
+        IpFamily::IPv4 if config.localhost_nodeports => {}
+        IpFamily::IPv4 => gate.push(is_not(
+            Expr::Daddr,
+            net_value(IpNet::new_assert(
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
+                8,
+            )),
+        )),
+        IpFamily::IPv6 => gate.push(is_not(
+            Expr::Daddr,
+            Value::Addr(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        )),
+    }
+    (gate, BTreeSet::new())
 }
 
 /// The fixed chains and sets of one family's table, from the settings alone.
@@ -511,22 +488,6 @@ impl PortRenderer<'_> {
         }
     }
 
-    fn external_frontends(&self) -> Vec<(IpAddr, &'static str)> {
-        let mut v: Vec<(IpAddr, &'static str)> = self
-            .fam
-            .external_ips
-            .iter()
-            .map(|ip| (*ip, "external IP"))
-            .collect();
-        v.extend(
-            self.fam
-                .load_balancer_ips
-                .iter()
-                .map(|ip| (*ip, "loadbalancer IP")),
-        );
-        v
-    }
-
     fn firewall(&mut self) {
         let Some(allowed) = &self.fam.firewall_allowed_sources else {
             return;
@@ -597,7 +558,7 @@ impl PortRenderer<'_> {
     /// The no-endpoint verdict for every external frontend.
     fn refuse_external(&mut self, when: NoEndpointVerdict) {
         let verdict = Self::refusal(when);
-        for (ip, note) in self.external_frontends() {
+        for (ip, note) in self.fam.external_frontends() {
             self.frontend(names::NO_ENDPOINT_SERVICES, ip, note, verdict.clone());
         }
         if let Some(np) = self.port.node_port {
@@ -607,7 +568,7 @@ impl PortRenderer<'_> {
 
     /// External traffic (externalIPs, LB IPs, NodePort); returns the endpoint chains it uses.
     fn external(&mut self) -> Vec<String> {
-        let frontends = self.external_frontends();
+        let frontends = self.fam.external_frontends();
         if frontends.is_empty() && self.port.node_port.is_none() {
             return Vec::new();
         }

@@ -184,6 +184,28 @@ impl Rule {
         }
     }
 
+    /// The chains its verdicts enter.
+    pub fn chains(&self) -> impl Iterator<Item = &str> {
+        self.stmts.iter().filter_map(|s| match s {
+            Stmt::Verdict(v) => v.target(),
+            _ => None,
+        })
+    }
+
+    /// The sets and maps it looks up or updates.
+    pub fn sets(&self) -> impl Iterator<Item = &str> {
+        self.stmts.iter().filter_map(|s| match s {
+            Stmt::Match {
+                right: Operand::Set(name),
+                ..
+            }
+            | Stmt::Vmap { map: name, .. }
+            | Stmt::Update { set: name, .. }
+            | Stmt::DnatNumgen { map: name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+    }
+
     /// The same rule with a comment.
     pub fn with_comment(mut self, comment: String) -> Self {
         self.comment = Some(comment);

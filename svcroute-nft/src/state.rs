@@ -11,8 +11,11 @@ use svcroute_core::model::IpFamily;
 use svcroute_core::select::ServicePortName;
 
 use crate::render::PortObjects;
-use crate::ruleset::{Chain, ElemKey, Element, Operand, SetKind, Stmt, Table};
+use crate::ruleset::{Chain, ElemKey, Element, Rule, SetKind, Table};
 use crate::transaction::{Command, Transaction};
+
+/// Changed service ports and their new objects in one family (`None`: gone from it).
+pub type PortChanges = Vec<(ServicePortName, Option<PortObjects>)>;
 
 /// A key of a shared set or map.
 type SharedKey = (&'static str, ElemKey);
@@ -35,10 +38,19 @@ fn withdraw(contributions: &mut Contributions, name: &ServicePortName) {
 #[derive(Debug, Clone)]
 pub struct FamilyState {
     table: Table,
-    ports: BTreeMap<Arc<ServicePortName>, PortObjects>,
+    ports: BTreeMap<Arc<ServicePortName>, PortRecord>,
     /// Every service port's element per shared key, sorted by port name; the first is
     /// programmed. (Most keys have one contributor; endpoint IPs and ClusterIPs may have more.)
     shared: HashMap<SharedKey, Contributions>,
+}
+
+/// What one service port owns: the names of its chains and sets (their bodies live in the
+/// table only) and the shared keys it contributes to.
+#[derive(Debug, Clone, Default)]
+struct PortRecord {
+    chains: Vec<String>,
+    sets: Vec<String>,
+    shared: Vec<SharedKey>,
 }
 
 /// The commands of an incremental sync, by phase: the kernel checks references at every
@@ -96,32 +108,7 @@ fn declare_chain(name: &str, chain: &Chain) -> Command {
 
 /// Whether a rule of `chain` refers to `set`.
 fn uses_set(chain: &Chain, set: &str) -> bool {
-    chain
-        .rules
-        .iter()
-        .flat_map(|r| &r.stmts)
-        .any(|stmt| match stmt {
-            Stmt::Match {
-                right: Operand::Set(s),
-                ..
-            } => s == set,
-            Stmt::Vmap { map, .. } | Stmt::DnatNumgen { map, .. } => map == set,
-            Stmt::Update { set: s, .. } => s == set,
-            _ => false,
-        })
-}
-
-/// The port's sets whose declaration changes (they are deleted and created again).
-fn redeclared_sets<'a>(old: &'a PortObjects, new: &PortObjects) -> BTreeSet<&'a str> {
-    old.sets
-        .iter()
-        .filter(|(name, set)| {
-            new.sets
-                .iter()
-                .any(|(n, s)| n == name && s.decl != set.decl)
-        })
-        .map(|(name, _)| name.as_str())
-        .collect()
+    chain.rules.iter().flat_map(Rule::sets).any(|s| s == set)
 }
 
 fn is_map(kind: SetKind) -> bool {
@@ -136,9 +123,8 @@ impl FamilyState {
             ports: BTreeMap::new(),
             shared: HashMap::new(),
         };
-        let mut touched = Vec::new();
         for (name, objects) in ports {
-            state.insert(Arc::new(name), objects, &mut touched);
+            state.insert(Arc::new(name), objects);
         }
         // Every key is new: program them all in one pass.
         for ((set, key), contributions) in &state.shared {
@@ -210,18 +196,18 @@ impl FamilyState {
     /// Appends the commands that turn this table into the one where each port of `changes` has
     /// its new objects (`None`: the port is gone from this family). Nothing changes here: call
     /// [`FamilyState::commit`] once the kernel accepted the transaction.
-    pub fn plan(&self, changes: &[(ServicePortName, Option<PortObjects>)], tx: &mut Transaction) {
+    pub fn plan(&self, changes: &PortChanges, tx: &mut Transaction) {
         let mut phases = Phases::default();
-        let empty = PortObjects::default();
+        let (no_record, no_objects) = (PortRecord::default(), PortObjects::default());
         let mut new_shared: BTreeMap<SharedKey, Contributions> = BTreeMap::new();
         for (name, new) in changes {
-            let old = self.ports.get(name).unwrap_or(&empty);
-            let new = new.as_ref().unwrap_or(&empty);
-            let redeclared = redeclared_sets(old, new);
+            let old = self.ports.get(name).unwrap_or(&no_record);
+            let new = new.as_ref().unwrap_or(&no_objects);
+            let redeclared = self.redeclared_sets(old, new);
             self.plan_chains(old, new, &redeclared, &mut phases);
             self.plan_sets(old, new, &mut phases);
-            for (set, key, _) in old.elements.iter().chain(&new.elements) {
-                let shared_key = (*set, key.clone());
+            let new_keys = new.elements.iter().map(|(set, key, _)| (*set, key.clone()));
+            for shared_key in old.shared.iter().cloned().chain(new_keys) {
                 new_shared
                     .entry(shared_key.clone())
                     .or_insert_with(|| self.shared.get(&shared_key).cloned().unwrap_or_default())
@@ -257,6 +243,20 @@ impl FamilyState {
         phases.into_transaction(self.family(), tx);
     }
 
+    /// The port's sets whose declaration changes (they are deleted and created again).
+    fn redeclared_sets<'a>(&self, old: &'a PortRecord, new: &PortObjects) -> BTreeSet<&'a str> {
+        old.sets
+            .iter()
+            .filter(|name| {
+                let before = self.table.sets.get(*name).map(|s| &s.decl);
+                new.sets
+                    .iter()
+                    .any(|(n, s)| n == *name && Some(&s.decl) != before)
+            })
+            .map(String::as_str)
+            .collect()
+    }
+
     fn programmed(&self, key: &SharedKey) -> Option<&Element> {
         self.shared.get(key).and_then(|c| c.first()).map(|(_, e)| e)
     }
@@ -265,13 +265,16 @@ impl FamilyState {
     /// chain flushed first), are flushed and refilled.
     fn plan_chains(
         &self,
-        old: &PortObjects,
+        old: &PortRecord,
         new: &PortObjects,
         redeclared: &BTreeSet<&str>,
         phases: &mut Phases,
     ) {
-        let old_chains: BTreeMap<&String, &Chain> =
-            old.chains.iter().map(|(n, c)| (n, c)).collect();
+        let old_chains: BTreeMap<&String, &Chain> = old
+            .chains
+            .iter()
+            .filter_map(|n| self.table.chains.get(n).map(|c| (n, c)))
+            .collect();
         let new_names: BTreeSet<&String> = new.chains.iter().map(|(n, _)| n).collect();
         for (name, chain) in &new.chains {
             match old_chains.get(name) {
@@ -299,8 +302,12 @@ impl FamilyState {
         }
     }
 
-    fn plan_sets(&self, old: &PortObjects, new: &PortObjects, phases: &mut Phases) {
-        let old_sets: BTreeMap<&String, _> = old.sets.iter().map(|(n, s)| (n, s)).collect();
+    fn plan_sets(&self, old: &PortRecord, new: &PortObjects, phases: &mut Phases) {
+        let old_sets: BTreeMap<&String, _> = old
+            .sets
+            .iter()
+            .filter_map(|n| self.table.sets.get(n).map(|s| (n, s)))
+            .collect();
         let new_names: BTreeSet<&String> = new.sets.iter().map(|(n, _)| n).collect();
         for (name, set) in &new.sets {
             let create = |phases: &mut Phases| {
@@ -365,12 +372,12 @@ impl FamilyState {
     }
 
     /// Records that the kernel now holds the result of [`FamilyState::plan`] for `changes`.
-    pub fn commit(&mut self, changes: Vec<(ServicePortName, Option<PortObjects>)>) {
+    pub fn commit(&mut self, changes: PortChanges) {
         let mut touched = Vec::new();
         for (name, new) in changes {
             self.remove(&name, &mut touched);
             if let Some(objects) = new {
-                self.insert(Arc::new(name), objects, &mut touched);
+                touched.extend(self.insert(Arc::new(name), objects).iter().cloned());
             }
         }
         touched.sort();
@@ -382,14 +389,13 @@ impl FamilyState {
         let Some(old) = self.ports.remove(name) else {
             return;
         };
-        for (chain, _) in &old.chains {
+        for chain in &old.chains {
             self.table.chains.remove(chain);
         }
-        for (set, _) in &old.sets {
+        for set in &old.sets {
             self.table.sets.remove(set);
         }
-        for (set, key, _) in old.elements {
-            let shared_key = (set, key);
+        for shared_key in old.shared {
             if let Some(contributions) = self.shared.get_mut(&shared_key) {
                 withdraw(contributions, name);
             }
@@ -397,28 +403,32 @@ impl FamilyState {
         }
     }
 
-    fn insert(
-        &mut self,
-        name: Arc<ServicePortName>,
-        objects: PortObjects,
-        touched: &mut Vec<SharedKey>,
-    ) {
-        for (chain, body) in &objects.chains {
-            self.table.chains.insert(chain.clone(), body.clone());
+    /// Records a port's objects; returns the shared keys it contributes to.
+    fn insert(&mut self, name: Arc<ServicePortName>, objects: PortObjects) -> &[SharedKey] {
+        let mut record = PortRecord::default();
+        for (chain, body) in objects.chains {
+            record.chains.push(chain.clone());
+            self.table.chains.insert(chain, body);
         }
-        for (set, body) in &objects.sets {
-            self.table.sets.insert(set.clone(), body.clone());
+        for (set, body) in objects.sets {
+            record.sets.push(set.clone());
+            self.table.sets.insert(set, body);
         }
-        for (set, key, element) in &objects.elements {
-            let shared_key = (*set, key.clone());
+        for (set, key, element) in objects.elements {
+            let shared_key = (set, key);
             contribute(
                 self.shared.entry(shared_key.clone()).or_default(),
                 &name,
-                element.clone(),
+                element,
             );
-            touched.push(shared_key);
+            record.shared.push(shared_key);
         }
-        self.ports.insert(name, objects);
+        &self
+            .ports
+            .entry(name)
+            .insert_entry(record)
+            .into_mut()
+            .shared
     }
 
     /// Writes the programmed element of every touched shared key into the table.

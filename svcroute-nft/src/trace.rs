@@ -50,7 +50,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use svcroute_core::dataplane::TraceError;
-use svcroute_core::decide::{Decision, PROBABILITY_TOLERANCE, Packet, Verdict, WeightedEndpoint};
+use svcroute_core::decide::paths::{self, PathEnd, TracedPath};
+use svcroute_core::decide::{Decision, Packet, Verdict};
 use svcroute_core::model::{IpFamily, Protocol, ProxyConfig};
 
 use crate::ruleset::{
@@ -132,6 +133,16 @@ struct Branch {
     affinity: Option<u32>,
 }
 
+impl Branch {
+    /// The path this branch traced, ending in `end`.
+    fn ends(&self, end: PathEnd) -> TracedPath {
+        TracedPath {
+            probability: self.probability,
+            end,
+        }
+    }
+}
+
 /// What a rule, once its statements ran, tells its chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow<'a> {
@@ -166,16 +177,6 @@ enum Exit {
     Reject,
     /// DNAT or masquerade done.
     Nat,
-}
-
-/// What one branch amounts to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Drop,
-    Reject,
-    Dnat(SocketAddr),
-    Accept,
-    NoMatch,
 }
 
 /// A value read from the packet.
@@ -299,14 +300,18 @@ impl<'a> Walk<'a> {
         passing.extend(self.run_hook(Hook::Forward, to_forward, &mut outcomes)?);
 
         for branch in self.run_hook(Hook::Postrouting, passing, &mut outcomes)? {
-            let outcome = match branch.dnat {
-                Some(endpoint) => Outcome::Dnat(endpoint),
-                None if branch.accepted => Outcome::Accept,
-                None => Outcome::NoMatch,
+            let end = match branch.dnat {
+                Some(endpoint) => PathEnd::Dnat {
+                    endpoint,
+                    masquerade: branch.masquerade,
+                    affinity: branch.affinity,
+                },
+                None if branch.accepted => PathEnd::Accept,
+                None => PathEnd::NoMatch,
             };
-            outcomes.push((branch, outcome));
+            outcomes.push(branch.ends(end));
         }
-        combine(self.packet, outcomes)
+        paths::combine(self.packet, &outcomes)
     }
 
     /// The base chains of `hook`, in the order the kernel runs them.
@@ -341,7 +346,7 @@ impl<'a> Walk<'a> {
         &self,
         hook: Hook,
         branches: Vec<Branch>,
-        outcomes: &mut Vec<(Branch, Outcome)>,
+        outcomes: &mut Vec<TracedPath>,
     ) -> Result<Vec<Branch>, TraceError> {
         let mut live = branches;
         for (name, chain, base_hook) in self.base_chains(hook) {
@@ -359,8 +364,8 @@ impl<'a> Walk<'a> {
                 self.run_chain(base, name, chain, branch, 0, &mut exits)?;
                 for (mut branch, exit) in exits {
                     match exit {
-                        Exit::Drop => outcomes.push((branch, Outcome::Drop)),
-                        Exit::Reject => outcomes.push((branch, Outcome::Reject)),
+                        Exit::Drop => outcomes.push(branch.ends(PathEnd::Drop)),
+                        Exit::Reject => outcomes.push(branch.ends(PathEnd::Reject)),
                         Exit::Accept => {
                             if base_hook.kind == ChainType::Filter && branch.dnat.is_none() {
                                 branch.accepted = true;
@@ -925,95 +930,11 @@ fn compare(left: &Expr, datum: Datum, value: &Value, family: IpFamily) -> Result
     Ok(value_matches(datum, value))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Combining branches
-// ---------------------------------------------------------------------------------------------
-
-fn outcome_name(o: &Outcome) -> &'static str {
-    match o {
-        Outcome::Drop => "drop",
-        Outcome::Reject => "reject",
-        Outcome::Dnat(_) => "dnat",
-        Outcome::Accept => "accept",
-        Outcome::NoMatch => "no-match",
-    }
-}
-
-/// Merges the branches into one decision, or says why they do not make one.
-fn combine(packet: &Packet, outcomes: Vec<(Branch, Outcome)>) -> Result<Decision, TraceError> {
-    let inconsistent = |why: String| TraceError::Inconsistent(format!("packet {packet}: {why}"));
-    let total: f64 = outcomes.iter().map(|(b, _)| b.probability).sum();
-    if (total - 1.0).abs() > PROBABILITY_TOLERANCE {
-        return Err(inconsistent(format!("branch probabilities sum to {total}")));
-    }
-    let mut kinds: Vec<&'static str> = outcomes.iter().map(|(_, o)| outcome_name(o)).collect();
-    kinds.sort_unstable();
-    kinds.dedup();
-    match kinds.as_slice() {
-        ["dnat"] => {}
-        [_] => {
-            return Ok(Decision::simple(match outcomes.first().map(|(_, o)| o) {
-                Some(Outcome::Drop) => Verdict::Drop,
-                Some(Outcome::Reject) => Verdict::Reject,
-                Some(Outcome::Accept) => Verdict::Accept,
-                _ => Verdict::NoMatch,
-            }));
-        }
-        [] => return Err(inconsistent("no branch".to_string())),
-        _ => {
-            return Err(inconsistent(format!(
-                "branches end in different verdicts: {}",
-                kinds.join(", ")
-            )));
-        }
-    }
-
-    let mut endpoints: BTreeMap<SocketAddr, (f64, bool)> = BTreeMap::new();
-    let mut affinity: Option<Option<u32>> = None;
-    for (branch, outcome) in &outcomes {
-        let Outcome::Dnat(endpoint) = outcome else {
-            continue;
-        };
-        let entry = endpoints
-            .entry(*endpoint)
-            .or_insert((0.0, branch.masquerade));
-        if entry.1 != branch.masquerade {
-            return Err(inconsistent(format!(
-                "endpoint {endpoint} is masqueraded on some paths only"
-            )));
-        }
-        entry.0 += branch.probability;
-        match affinity {
-            Some(seen) if seen != branch.affinity => {
-                let show = |a: Option<u32>| a.map_or("none".to_string(), |t| format!("{t}s"));
-                return Err(inconsistent(format!(
-                    "DNAT paths differ in affinity ({} and {})",
-                    show(seen),
-                    show(branch.affinity)
-                )));
-            }
-            _ => affinity = Some(branch.affinity),
-        }
-    }
-    let weighted: Vec<WeightedEndpoint> = endpoints
-        .into_iter()
-        .map(|(endpoint, (probability, masquerade))| WeightedEndpoint {
-            endpoint,
-            probability,
-            masquerade,
-        })
-        .collect();
-    Ok(Decision {
-        masquerade: weighted.iter().any(|w| w.masquerade),
-        verdict: Verdict::Dnat(weighted),
-        affinity_timeout_seconds: affinity.flatten(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ruleset::{SetDecl, Verdict as V};
+    use svcroute_core::decide::WeightedEndpoint;
 
     // -----------------------------------------------------------------------------------------
     // Building tables by hand

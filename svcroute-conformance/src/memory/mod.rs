@@ -41,7 +41,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use svcroute_core::dataplane::{ApplyReport, Capabilities, SyncKind};
 use svcroute_core::decide::Packet;
-use svcroute_core::model::{IpFamily, Protocol, ProxyConfig};
+use svcroute_core::model::{IpFamily, ProxyConfig};
 use svcroute_core::select::ServicePortName;
 use svcroute_core::{ChangeSet, Dataplane, DataplaneError, Decision, Desired, TraceError, Verdict};
 
@@ -284,14 +284,7 @@ impl MemoryDataplane {
 #[async_trait]
 impl Dataplane for MemoryDataplane {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            name: BACKEND,
-            families: IpFamily::ALL.to_vec(),
-            protocols: Protocol::ALL.to_vec(),
-            session_affinity: true,
-            source_ranges: true,
-            incremental: true,
-        }
+        Capabilities::full(BACKEND)
     }
 
     async fn apply(

@@ -392,5 +392,7 @@ fn route(
     }
 }
 
+pub mod paths;
+
 #[cfg(test)]
 mod tests;

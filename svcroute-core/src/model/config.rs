@@ -1,6 +1,6 @@
 //! The proxy's own settings: which node this is and how it treats traffic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -180,6 +180,47 @@ impl ProxyConfig {
         out
     }
 
+    /// The networks of `family` NodePorts are open on when `nodeport_addresses` restricts
+    /// them, exactly the addresses [`ProxyConfig::accepts_nodeport_on`] accepts: the permitted
+    /// node IPs (as host networks) and, with localhost NodePorts, the parts of 127.0.0.0/8 the
+    /// CIDRs cover. `None` for [`NodePortAddresses::All`]: every local address but loopback
+    /// (IPv4 loopback too when localhost NodePorts are on), which a dataplane matches by
+    /// address type rather than by list.
+    pub fn nodeport_networks(&self, family: IpFamily) -> Option<BTreeSet<IpNet>> {
+        let loopback4 = IpNet::new_assert(IpAddr::from([127, 0, 0, 0]), 8);
+        let localhost = family == IpFamily::IPv4 && self.localhost_nodeports;
+        let cidrs = match &self.nodeport_addresses {
+            NodePortAddresses::All => return None,
+            NodePortAddresses::Primary => {
+                return Some(
+                    self.primary_ip(family)
+                        .filter(|ip| !ip.is_loopback())
+                        .map(IpNet::from)
+                        .into_iter()
+                        .collect(),
+                );
+            }
+            NodePortAddresses::Cidrs(cidrs) => cidrs,
+        };
+        let mut nets: BTreeSet<IpNet> = self
+            .node_ips
+            .iter()
+            .filter(|ip| IpFamily::of(ip) == family && !ip.is_loopback())
+            .filter(|ip| cidrs.iter().any(|n| n.contains(*ip)))
+            .map(|ip| IpNet::from(*ip))
+            .collect();
+        if localhost {
+            for cidr in cidrs {
+                if cidr.contains(&loopback4) {
+                    nets.insert(loopback4);
+                } else if loopback4.contains(cidr) {
+                    nets.insert(cidr.trunc());
+                }
+            }
+        }
+        Some(nets)
+    }
+
     /// This node's zone label (`topology.kubernetes.io/zone`), if any.
     pub fn zone(&self) -> Option<&str> {
         self.node_labels.get(super::LABEL_ZONE).map(String::as_str)
@@ -189,6 +230,47 @@ impl ProxyConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodeport_networks_hold_exactly_the_accepted_addresses() {
+        let probes = [
+            "10.0.0.1",
+            "192.168.0.1",
+            "10.0.0.9",
+            "127.0.0.1",
+            "127.0.5.5",
+            "fd00::1",
+            "::1",
+        ];
+        let settings = [
+            NodePortAddresses::Primary,
+            NodePortAddresses::Cidrs(vec!["10.0.0.0/8".parse().unwrap()]),
+            NodePortAddresses::Cidrs(vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()]),
+            NodePortAddresses::Cidrs(vec!["127.0.0.0/16".parse().unwrap()]),
+        ];
+        for addresses in settings {
+            for localhost in [false, true] {
+                let c = config(addresses.clone(), localhost);
+                for probe in probes {
+                    let ip: IpAddr = probe.parse().unwrap();
+                    let listed = c
+                        .nodeport_networks(IpFamily::of(&ip))
+                        .unwrap()
+                        .iter()
+                        .any(|n| n.contains(&ip));
+                    assert_eq!(
+                        listed,
+                        c.accepts_nodeport_on(ip),
+                        "{addresses:?} {localhost} {ip}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            config(NodePortAddresses::All, true).nodeport_networks(IpFamily::IPv4),
+            None
+        );
+    }
 
     fn config(addresses: NodePortAddresses, localhost: bool) -> ProxyConfig {
         ProxyConfig {

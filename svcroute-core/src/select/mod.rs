@@ -98,6 +98,17 @@ impl FamilyRouting {
         set.as_deref().unwrap_or_default()
     }
 
+    /// The external frontends (externalIPs, then LB IPs), each with kube-proxy's word for it
+    /// in comments: `external IP` or `loadbalancer IP`.
+    pub fn external_frontends(&self) -> Vec<(IpAddr, &'static str)> {
+        let external = self.external_ips.iter().map(|ip| (*ip, "external IP"));
+        let balancers = self
+            .load_balancer_ips
+            .iter()
+            .map(|ip| (*ip, "loadbalancer IP"));
+        external.chain(balancers).collect()
+    }
+
     /// Cluster-policy endpoints (empty when unused).
     pub fn cluster(&self) -> &[SocketAddr] {
         self.cluster_endpoints.as_deref().unwrap_or_default()

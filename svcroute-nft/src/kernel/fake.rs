@@ -465,28 +465,6 @@ fn bump(counts: &mut HashMap<String, usize>, name: &str, up: bool) {
     }
 }
 
-/// The chains a rule's verdicts enter.
-fn rule_chain_refs(rule: &Rule) -> impl Iterator<Item = &str> {
-    rule.stmts.iter().filter_map(|s| match s {
-        Stmt::Verdict(v) => v.target(),
-        _ => None,
-    })
-}
-
-/// The sets and maps a rule looks up or updates.
-fn rule_set_refs(rule: &Rule) -> impl Iterator<Item = &str> {
-    rule.stmts.iter().filter_map(|s| match s {
-        Stmt::Match {
-            right: Operand::Set(name),
-            ..
-        }
-        | Stmt::Vmap { map: name, .. }
-        | Stmt::Update { set: name, .. }
-        | Stmt::DnatNumgen { map: name, .. } => Some(name.as_str()),
-        _ => None,
-    })
-}
-
 /// The chain an element's verdict enters.
 fn element_chain_ref(elem: &Element) -> Option<&str> {
     match &elem.value {
@@ -501,10 +479,10 @@ fn count_rule(
     rule: &Rule,
     up: bool,
 ) {
-    for c in rule_chain_refs(rule) {
+    for c in rule.chains() {
         bump(chain_refs, c, up);
     }
-    for s in rule_set_refs(rule) {
+    for s in rule.sets() {
         bump(set_refs, s, up);
     }
 }
@@ -838,7 +816,7 @@ fn add_set(table: &mut Table, name: &str, decl: &SetDecl) -> Result<bool, String
 fn chain_referrer(table: &Table, name: &str) -> Option<String> {
     for (cname, chain) in &table.chains {
         for (i, rule) in chain.rules.iter().enumerate() {
-            if rule_chain_refs(rule).any(|t| t == name) {
+            if rule.chains().any(|t| t == name) {
                 return Some(format!("rule {} of chain {cname}", i + 1));
             }
         }
@@ -859,7 +837,7 @@ fn set_referrer(table: &Table, name: &str) -> Option<String> {
         chain
             .rules
             .iter()
-            .position(|r| rule_set_refs(r).any(|s| s == name))
+            .position(|r| r.sets().any(|s| s == name))
             .map(|i| format!("rule {} of chain {cname}", i + 1))
     })
 }
