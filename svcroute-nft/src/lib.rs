@@ -53,6 +53,17 @@
 //! changes maps and sets element by element, deletes chains and sets that disappeared after
 //! everything pointing at them is gone, and never rewrites a shared chain: taking one endpoint
 //! out is a few element lines whatever the number of services.
+//!
+//! # Writing to the kernel
+//!
+//! A full sync is written with `nft -f -`. An incremental transaction that holds only element
+//! changes of plain sets and maps, regular chains and the rules of service chains is encoded
+//! by svcroute itself and sent as one nf_tables netlink batch on a socket kept open
+//! ([`SystemKernel`]): the kernel applies it as atomically as `nft -f`, without `nft` reading
+//! the whole ruleset first (100 ms and more on a 5,000 × 50 table). One endpoint changing its
+//! address then costs under a millisecond at any size. When the change adds or replaces a
+//! rule, the kernel re-validates every chain reachable from our base chains at commit, which
+//! is what bounds that case (tens of milliseconds at 5,000 services, see `BENCHMARKS.md`).
 
 #![forbid(unsafe_code)]
 

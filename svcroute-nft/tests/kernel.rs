@@ -12,6 +12,9 @@
 //! to this one.
 
 mod support;
+#[allow(dead_code)]
+#[path = "../../svcroute-core/benches/common/mod.rs"]
+mod workload;
 
 use std::time::Instant;
 
@@ -727,4 +730,100 @@ fn an_invalid_command_rolls_back_the_whole_transaction() {
     // And a sync_full puts our state back.
     proxy.sync_full();
     assert_eq!(topo.ruleset(), before);
+}
+
+/// The netlink fast path writes exactly what `nft -f` would: two node namespaces take the same
+/// full sync and then the same incremental transactions, one through the default kernel
+/// (netlink whenever it can encode them), one through `nft -f` only. After every step both
+/// kernels list equal tables. The steps run on every kind of service the benchmark workload
+/// has: an endpoint out and back (the slot count changes), an endpoint
+/// moved to another address, all endpoints gone and back, the service deleted and re-added.
+#[test]
+fn the_netlink_fast_path_writes_what_nft_would() {
+    use svcroute_core::watch::Event;
+    use svcroute_nft::Kernel as _;
+    use svcroute_nft::apply::{Plan, desired_states, full_transaction};
+
+    const SERVICES: usize = 62;
+    // One service of each kind (see the workload's generator): plain ClusterIP, dual-stack,
+    // topology hints, NodePort, LoadBalancer with Local policy, UDP, ClientIP affinity,
+    // LoadBalancer with Cluster policy.
+    const KINDS: [usize; 8] = [0, 3, 5, 7, 11, 13, 17, 61];
+    let test = "the_netlink_fast_path_writes_what_nft_would";
+    let (Some(fast), Some(reference)) = (
+        Topology::node_only(&NFT, test),
+        Topology::node_only(&NFT, test),
+    ) else {
+        return;
+    };
+    let mut fast_kernel = fast.kernel();
+    let mut nft_kernel = reference.kernel().nft_only();
+    let w = workload::Workload::new(SERVICES, 4);
+    let mut state = w.build_state();
+    state.take_changes();
+    let mut states = desired_states(state.desired());
+    let full = full_transaction(names::TABLE, &states);
+    fast_kernel.run(&full).expect("full sync");
+    nft_kernel.run(&full).expect("full sync");
+
+    let mut steps = 0;
+    let mut step = |state: &mut svcroute_core::State, events: Vec<WatchEvent>, what: &str| {
+        for e in events {
+            state.apply(e).expect("valid event");
+        }
+        let changes = state.take_changes();
+        let plan = Plan::new(names::TABLE, &states, state.desired(), &changes);
+        fast_kernel
+            .run(&plan.transaction)
+            .unwrap_or_else(|e| panic!("{what}: {e}\n{}", plan.transaction.text()));
+        nft_kernel.run(&plan.transaction).expect("nft -f");
+        let text = plan.transaction.text();
+        plan.commit(&mut states);
+        for family in [V4, V6] {
+            assert_eq!(
+                fast_kernel.list_table(family, names::TABLE).expect("list"),
+                nft_kernel.list_table(family, names::TABLE).expect("list"),
+                "{what}: {family:?}\n{text}"
+            );
+        }
+        steps += 1;
+    };
+    for i in KINDS {
+        let original = w.slice(i);
+        let flipped = workload::flip_first_endpoint(&original);
+        let mut moved = original.clone();
+        moved.endpoints[1].addresses = vec![format!("10.200.{}.{}", i / 200, i % 200 + 1)];
+        let mut empty = original.clone();
+        empty.endpoints.clear();
+        let service = w.service(i);
+        let events = [
+            ("endpoint out", vec![Event::Apply(flipped).into()]),
+            ("endpoint back", vec![Event::Apply(original.clone()).into()]),
+            ("endpoint moved", vec![Event::Apply(moved).into()]),
+            ("no endpoints", vec![Event::Apply(empty).into()]),
+            (
+                "endpoints back",
+                vec![Event::Apply(original.clone()).into()],
+            ),
+            (
+                "service deleted",
+                vec![Event::Delete(service.clone()).into()],
+            ),
+            (
+                "service re-added",
+                vec![Event::Apply(service).into(), Event::Apply(original).into()],
+            ),
+        ];
+        for (what, events) in events {
+            step(&mut state, events, &format!("service {i}: {what}"));
+        }
+    }
+    eprintln!(
+        "{steps} incremental transactions, {} through netlink",
+        fast_kernel.netlink_batches()
+    );
+    assert!(
+        fast_kernel.netlink_batches() >= steps / 2,
+        "most incremental transactions go through netlink"
+    );
 }

@@ -1,4 +1,5 @@
-//! The real kernel: `nft` and `conntrack` processes.
+//! The real kernel: `nft` and `conntrack` processes, and nf_tables netlink for the
+//! transactions of incremental syncs ([`super::netlink`]).
 //!
 //! Every tool runs with `LC_ALL=C`, so the error texts matched here are not translated. A tool
 //! that cannot be started is [`KernelError::Io`] (its [`std::io::ErrorKind`] kept: `NotFound`
@@ -13,6 +14,7 @@ use std::process::{Command, Stdio};
 use svcroute_core::conntrack::ConntrackFlows;
 use svcroute_core::model::IpFamily;
 
+use super::netlink::{KnownSets, Session};
 use super::{Kernel, KernelError};
 use crate::ruleset::{Table, family_name};
 use crate::transaction::Transaction;
@@ -21,10 +23,19 @@ use crate::transaction::Transaction;
 /// megabytes of errors, the first ones say what went wrong.
 const STDERR_LIMIT: usize = 4096;
 
-/// Programs this node's kernel (or a network namespace's) through `nft` and `conntrack`.
-#[derive(Debug, Clone, Default)]
+/// Programs this node's kernel (or a network namespace's) through `nft` and `conntrack`,
+/// and through a netlink socket kept open for the transactions it can encode.
+#[derive(Debug, Default)]
 pub struct SystemKernel {
     netns: Option<String>,
+    /// Write every transaction with `nft -f` (no netlink fast path).
+    nft_only: bool,
+    /// The fast path's socket, opened on first use.
+    netlink: Option<Session>,
+    /// Our sets, as the committed transactions declared them.
+    sets: KnownSets,
+    /// Transactions written through netlink so far.
+    netlink_batches: usize,
 }
 
 impl SystemKernel {
@@ -38,6 +49,48 @@ impl SystemKernel {
     pub fn in_netns(mut self, name: impl Into<String>) -> Self {
         self.netns = Some(name.into());
         self
+    }
+
+    /// Writes every transaction with `nft -f`, never through the netlink fast path (for
+    /// comparisons and benchmarks).
+    pub fn nft_only(mut self) -> Self {
+        self.nft_only = true;
+        self
+    }
+
+    /// How many transactions went through the netlink fast path.
+    pub fn netlink_batches(&self) -> usize {
+        self.netlink_batches
+    }
+
+    /// Writes `tx` through netlink when it can be encoded, else with `nft -f`.
+    fn write(&mut self, tx: &Transaction) -> Result<(), KernelError> {
+        if !self.nft_only {
+            if self.netlink.is_none() {
+                match Session::open(self.netns.as_deref()) {
+                    Ok(session) => self.netlink = Some(session),
+                    // No socket (no permission, no namespace file): `nft -f` still works.
+                    Err(_) => self.nft_only = true,
+                }
+            }
+            if let Some(session) = &mut self.netlink {
+                match session.run(tx, &self.sets) {
+                    Ok(None) => {
+                        self.netlink_batches += 1;
+                        return Ok(());
+                    }
+                    Ok(Some(_unsupported)) => {}
+                    Err(e) => {
+                        // A broken socket is reopened next time.
+                        if matches!(e, KernelError::Io { .. }) {
+                            self.netlink = None;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        self.exec("nft", &["-f", "-"], Some(tx.text())).map(|_| ())
     }
 
     /// What `nft --version` prints, trimmed (`nftables v1.0.6 (Lester Gooch #5)`).
@@ -137,7 +190,14 @@ impl Kernel for SystemKernel {
         if tx.is_empty() {
             return Ok(());
         }
-        self.exec("nft", &["-f", "-"], Some(tx.text())).map(|_| ())
+        let result = self.write(tx);
+        match &result {
+            Ok(()) => self.sets.record(tx),
+            // A refused transaction changed nothing; after an I/O error nobody knows.
+            Err(KernelError::Io { .. }) => self.sets.clear(),
+            Err(_) => {}
+        }
+        result
     }
 
     fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<Table>, KernelError> {
@@ -598,9 +658,10 @@ mod tests {
         }
 
         let before = real.list_table(v4, name).unwrap();
+        let mut text_only = SystemKernel::new().in_netns(ns.0.clone()).nft_only();
         for commands in invalid() {
             let bad = tx(commands);
-            let Err(err) = real.run(&bad) else {
+            let Err(err) = text_only.run(&bad) else {
                 panic!("the kernel accepts {}", bad.text());
             };
             let KernelError::Failed { tool, stderr, .. } = &err else {
@@ -608,6 +669,12 @@ mod tests {
             };
             assert_eq!(tool, &format!("ip netns exec {} nft -f -", ns.0));
             assert!(stderr.contains("Error"), "{stderr}");
+            assert_eq!(real.list_table(v4, name).unwrap(), before, "{}", bad.text());
+            // Through netlink where it encodes the transaction: refused too, nothing applied.
+            let Err(err) = real.run(&bad) else {
+                panic!("the kernel accepts {} through netlink", bad.text());
+            };
+            assert!(matches!(err, KernelError::Failed { .. }), "{err}");
             assert!(
                 fake_dp.run(&bad).is_err(),
                 "the fake accepts {}",
