@@ -172,7 +172,7 @@ impl Plan {
         let mut transaction = Transaction::new(table);
         let mut rendered = Vec::new();
         for (family, state) in states {
-            let family_changes: PortChanges = changes
+            let mut family_changes: PortChanges = changes
                 .changes()
                 .iter()
                 .map(|c| {
@@ -183,7 +183,7 @@ impl Plan {
                     (c.name.clone(), objects)
                 })
                 .collect();
-            state.plan(&family_changes, &mut transaction);
+            state.plan(&mut family_changes, &mut transaction);
             rendered.push((*family, family_changes));
         }
         Plan {

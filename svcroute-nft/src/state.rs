@@ -12,6 +12,7 @@ use svcroute_core::select::ServicePortName;
 
 use crate::render::PortObjects;
 use crate::ruleset::{Chain, ElemKey, Element, Rule, SetKind, Table};
+use crate::slots;
 use crate::transaction::{Command, Transaction};
 
 /// Changed service ports and their new objects in one family (`None`: gone from it).
@@ -194,13 +195,18 @@ impl FamilyState {
     }
 
     /// Appends the commands that turn this table into the one where each port of `changes` has
-    /// its new objects (`None`: the port is gone from this family). Nothing changes here: call
-    /// [`FamilyState::commit`] once the kernel accepted the transaction.
-    pub fn plan(&self, changes: &PortChanges, tx: &mut Transaction) {
+    /// its new objects (`None`: the port is gone from this family). The endpoint maps of
+    /// `changes` are first renumbered to keep the slots programmed ([`slots::keep`]), so pass
+    /// the same `changes` to [`FamilyState::commit`] once the kernel accepted the transaction;
+    /// nothing changes here until then.
+    pub fn plan(&self, changes: &mut PortChanges, tx: &mut Transaction) {
+        for objects in changes.iter_mut().filter_map(|(_, new)| new.as_mut()) {
+            self.keep_slots(objects);
+        }
         let mut phases = Phases::default();
         let (no_record, no_objects) = (PortRecord::default(), PortObjects::default());
         let mut new_shared: BTreeMap<SharedKey, Contributions> = BTreeMap::new();
-        for (name, new) in changes {
+        for (name, new) in changes.iter() {
             let old = self.ports.get(name).unwrap_or(&no_record);
             let new = new.as_ref().unwrap_or(&no_objects);
             let redeclared = self.redeclared_sets(old, new);
@@ -241,6 +247,16 @@ impl FamilyState {
             }
         }
         phases.into_transaction(self.family(), tx);
+    }
+
+    /// Renumbers the endpoint maps of `objects` so that endpoints keep the slots they have in
+    /// the programmed maps of the same name.
+    fn keep_slots(&self, objects: &mut PortObjects) {
+        for (name, set) in &mut objects.sets {
+            if let Some(previous) = self.table.sets.get(name) {
+                slots::keep(previous, set);
+            }
+        }
     }
 
     /// The port's sets whose declaration changes (they are deleted and created again).
@@ -450,5 +466,299 @@ impl FamilyState {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use svcroute_conformance::objects::{ServiceBuilder, SliceBuilder, ep};
+    use svcroute_core::State;
+    use svcroute_core::model::ProxyConfig;
+    use svcroute_core::watch::WatchEvent;
+
+    use super::*;
+    use crate::apply::{desired_state, full_transaction};
+    use crate::kernel::{FakeKernel, Kernel};
+    use crate::names::{PortNames, TABLE, endpoint_map};
+    use crate::render;
+    use crate::ruleset::{ElemValue, Value, Verdict};
+
+    const V4: IpFamily = IpFamily::IPv4;
+
+    fn config() -> ProxyConfig {
+        ProxyConfig {
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            ..ProxyConfig::default()
+        }
+    }
+
+    fn address(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 244, 1, i], 8080))
+    }
+
+    fn service(affinity: bool) -> WatchEvent {
+        let svc = ServiceBuilder::new("default", "web")
+            .cluster_ip("10.96.0.10")
+            .port("http", 80, "TCP");
+        let svc = if affinity {
+            svc.client_ip_affinity(None)
+        } else {
+            svc
+        };
+        svc.apply()
+    }
+
+    /// The slice of `default/web`: endpoints `10.244.1.i:8080`, in the order given.
+    fn slice(endpoints: &[u8]) -> WatchEvent {
+        endpoints
+            .iter()
+            .fold(
+                SliceBuilder::ipv4("default", "web-1", "web").port("http", 8080, "TCP"),
+                |slice, i| slice.endpoint(ep(&address(*i).ip().to_string())),
+            )
+            .apply()
+    }
+
+    /// One node with service `default/web`: the core's state, the IPv4 table's shadow and the
+    /// fake kernel holding it.
+    struct Node {
+        core: State,
+        family: FamilyState,
+        kernel: FakeKernel,
+        port: ServicePortName,
+        affinity: bool,
+    }
+
+    impl Node {
+        /// A node programmed with one full sync.
+        fn start(affinity: bool, endpoints: &[u8]) -> Node {
+            let mut core = State::new(config()).unwrap();
+            core.apply(service(affinity)).unwrap();
+            core.apply(slice(endpoints)).unwrap();
+            core.take_changes();
+            let family = desired_state(core.desired(), V4);
+            let mut kernel = FakeKernel::new();
+            let states = BTreeMap::from([(V4, family.clone())]);
+            kernel.run(&full_transaction(TABLE, &states)).unwrap();
+            let port = core.desired().ports().next().unwrap().name.clone();
+            Node {
+                core,
+                family,
+                kernel,
+                port,
+                affinity,
+            }
+        }
+
+        /// Gives `default/web` these endpoints with one incremental sync; returns its
+        /// transaction, which the fake kernel took.
+        fn update(&mut self, endpoints: &[u8]) -> Transaction {
+            self.core.apply(slice(endpoints)).unwrap();
+            let changes = self.core.take_changes();
+            let config = self.core.desired().config();
+            let mut port_changes: PortChanges = changes
+                .changes()
+                .iter()
+                .map(|c| {
+                    let objects = c
+                        .current
+                        .as_ref()
+                        .and_then(|p| render::port_objects(config, p, V4));
+                    (c.name.clone(), objects)
+                })
+                .collect();
+            let mut tx = Transaction::new(TABLE);
+            self.family.plan(&mut port_changes, &mut tx);
+            if let Err(e) = self.kernel.run(&tx) {
+                panic!("{e}\n{}", tx.text());
+            }
+            self.family.commit(port_changes);
+            assert_eq!(
+                self.kernel.table(V4, TABLE).as_ref(),
+                Some(self.family.table()),
+                "the kernel holds the shadow"
+            );
+            tx
+        }
+
+        fn map(&self) -> String {
+            endpoint_map(&PortNames::new(&self.port).svc)
+        }
+
+        /// What the endpoint map holds for endpoint `i`.
+        fn value(&self, i: u8) -> ElemValue {
+            if self.affinity {
+                let sep = PortNames::new(&self.port).sep(&self.port, &address(i));
+                ElemValue::Verdict(Verdict::Goto(sep))
+            } else {
+                ElemValue::Endpoint(address(i))
+            }
+        }
+
+        fn element(&self, slot: u32, i: u8) -> (ElemKey, Element) {
+            let element = Element {
+                value: Some(self.value(i)),
+                comment: None,
+            };
+            (vec![Value::Int(slot)], element)
+        }
+
+        /// The endpoints of the endpoint map in slot order (none without the map); checks
+        /// the slots are 0..N-1.
+        fn slots(&self) -> Vec<u8> {
+            let Some(set) = self.family.table().sets.get(&self.map()) else {
+                return Vec::new();
+            };
+            (0u32..)
+                .zip(&set.elements)
+                .map(|(slot, (key, element))| {
+                    assert_eq!(key, &vec![Value::Int(slot)], "slots are dense");
+                    (0..=u8::MAX)
+                        .find(|i| element.value.as_ref() == Some(&self.value(*i)))
+                        .unwrap()
+                })
+                .collect()
+        }
+
+        /// The commands of `tx` on the endpoint map.
+        fn map_commands(&self, tx: &Transaction) -> Vec<Command> {
+            let map = self.map();
+            tx.commands
+                .iter()
+                .map(|(_, command)| command)
+                .filter(|command| match command {
+                    Command::AddElements { set, .. } | Command::DeleteElements { set, .. } => {
+                        *set == map
+                    }
+                    _ => false,
+                })
+                .cloned()
+                .collect()
+        }
+
+        fn delete(&self, slots: &[u32]) -> Command {
+            Command::DeleteElements {
+                set: self.map(),
+                keys: slots.iter().map(|s| vec![Value::Int(*s)]).collect(),
+            }
+        }
+
+        fn add(&self, elements: &[(u32, u8)]) -> Command {
+            Command::AddElements {
+                set: self.map(),
+                elements: elements.iter().map(|(s, i)| self.element(*s, *i)).collect(),
+            }
+        }
+    }
+
+    fn sorted(mut endpoints: Vec<u8>) -> Vec<u8> {
+        endpoints.sort_unstable();
+        endpoints
+    }
+
+    #[test]
+    fn removing_a_middle_endpoint_moves_the_last_one_into_its_slot() {
+        for affinity in [false, true] {
+            let mut node = Node::start(affinity, &[1, 2, 3, 4, 5]);
+            assert_eq!(node.slots(), [1, 2, 3, 4, 5]);
+            let tx = node.update(&[1, 2, 4, 5]);
+            assert_eq!(
+                node.map_commands(&tx),
+                [node.delete(&[2, 4]), node.add(&[(2, 5)])],
+                "affinity: {affinity}\n{}",
+                tx.text()
+            );
+            assert_eq!(node.slots(), [1, 2, 5, 4]);
+        }
+    }
+
+    #[test]
+    fn adding_an_endpoint_appends_a_slot() {
+        for affinity in [false, true] {
+            let mut node = Node::start(affinity, &[1, 2, 3]);
+            let tx = node.update(&[0, 1, 2, 3]);
+            assert_eq!(node.map_commands(&tx), [node.add(&[(3, 0)])]);
+            assert_eq!(node.slots(), [1, 2, 3, 0]);
+        }
+    }
+
+    #[test]
+    fn removing_the_endpoint_of_the_last_slot_deletes_one_element() {
+        for affinity in [false, true] {
+            let mut node = Node::start(affinity, &[1, 2, 3]);
+            let tx = node.update(&[1, 2]);
+            assert_eq!(node.map_commands(&tx), [node.delete(&[2])]);
+            assert_eq!(node.slots(), [1, 2]);
+        }
+    }
+
+    #[test]
+    fn a_replaced_endpoint_takes_the_slot_it_frees() {
+        for affinity in [false, true] {
+            let mut node = Node::start(affinity, &[1, 2, 3]);
+            let tx = node.update(&[1, 3, 9]);
+            assert_eq!(
+                node.map_commands(&tx),
+                [node.delete(&[1]), node.add(&[(1, 9)])]
+            );
+            assert_eq!(node.slots(), [1, 9, 3]);
+        }
+    }
+
+    #[test]
+    fn many_changes_at_once_keep_slots_dense_and_every_endpoint() {
+        let steps: [&[u8]; 8] = [
+            &[1, 2, 3, 4, 5, 6, 7, 8],
+            &[2, 4, 6, 8, 10, 12],
+            &[1, 2, 3],
+            &[3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+            &[12],
+            &[],
+            &[5, 6, 7],
+            &[7, 20, 21, 22, 23, 5],
+        ];
+        for affinity in [false, true] {
+            let mut node = Node::start(affinity, &[1, 2, 3, 4]);
+            for endpoints in steps {
+                let before = node.slots();
+                node.update(endpoints);
+                let after = node.slots();
+                assert_eq!(sorted(after.clone()), sorted(endpoints.to_vec()));
+                // Survivors move only to fill a slot below the new count.
+                for (slot, i) in before.iter().enumerate() {
+                    if let Some(now) = after.iter().position(|e| e == i) {
+                        assert!(now == slot || now < slot && slot >= after.len());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The transaction text of one endpoint change in a service of 50 endpoints.
+    fn one_change_of_fifty(endpoints: &[u8]) -> String {
+        let fifty: Vec<u8> = (1..=50).collect();
+        let mut node = Node::start(false, &fifty);
+        node.update(endpoints).text()
+    }
+
+    #[test]
+    fn one_endpoint_change_of_fifty_writes_under_a_kilobyte() {
+        let without_25: Vec<u8> = (1..=50).filter(|i| *i != 25).collect();
+        let removal = one_change_of_fifty(&without_25);
+        let with_51: Vec<u8> = (1..=51).collect();
+        let addition = one_change_of_fifty(&with_51);
+        eprintln!(
+            "one endpoint of 50: removal {} bytes, addition {} bytes\n{removal}{addition}",
+            removal.len(),
+            addition.len()
+        );
+        assert!(removal.len() <= 1024, "{removal}");
+        assert!(addition.len() <= 1024, "{addition}");
+        // The hairpin element, the endpoint chain's two rules (its `mod N` changed) and the
+        // three endpoint-map elements of the removal (one line per command).
+        assert_eq!(removal.lines().count(), 6, "{removal}");
+        assert_eq!(addition.lines().count(), 5, "{addition}");
     }
 }

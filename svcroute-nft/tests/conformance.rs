@@ -7,7 +7,8 @@ use svcroute_core::dataplane::{ApplyReport, Capabilities};
 use svcroute_core::decide::Packet;
 use svcroute_core::model::{IpFamily, ProxyConfig};
 use svcroute_core::{ChangeSet, Dataplane, DataplaneError, Decision, Desired, TraceError};
-use svcroute_nft::{FakeKernel, NftDataplane, names};
+use svcroute_nft::ruleset::Element;
+use svcroute_nft::{FakeKernel, NftDataplane, Table, names, slots};
 
 /// The dataplane together with a handle on its fake kernel.
 #[derive(Debug)]
@@ -43,6 +44,26 @@ impl Dataplane for Harnessed {
     }
 }
 
+/// `table` with the elements of every endpoint map put in a canonical order over its slots.
+///
+/// Incremental syncs keep endpoints in the slot they have (`svcroute_nft::slots`: a removed
+/// endpoint's slot takes the last one) while a full sync numbers them in render order, so the
+/// same endpoints may sit in other slots. `numgen random mod N` picks every slot alike, so
+/// what routes is each map's (by name) set of slots and the multiset of its elements, not
+/// which element is in which slot: this compares exactly that (slots stay as programmed, so a
+/// gap or a missing slot still differs). Everything else is compared as the kernel holds it.
+fn canonical_slots(mut table: Table) -> Table {
+    for set in table.sets.values_mut() {
+        if slots::is_slot_map(&set.decl) {
+            let elements = std::mem::take(&mut set.elements);
+            let mut values: Vec<Element> = elements.values().cloned().collect();
+            values.sort_by_key(|e| (e.value.clone(), e.comment.clone()));
+            set.elements = elements.into_keys().zip(values).collect();
+        }
+    }
+    table
+}
+
 /// The conformance harness.
 pub struct NftBackend;
 
@@ -64,7 +85,10 @@ impl Backend for NftBackend {
     fn snapshot(dp: &Harnessed) -> String {
         IpFamily::ALL
             .iter()
-            .map(|f| format!("# {f:?}\n{:#?}\n", dp.kernel.table(*f, names::TABLE)))
+            .map(|f| {
+                let table = dp.kernel.table(*f, names::TABLE).map(canonical_slots);
+                format!("# {f:?}\n{table:#?}\n")
+            })
             .collect()
     }
 

@@ -25,8 +25,8 @@ use svcroute_core::watch::WatchEvent;
 use svcroute_nft::names;
 use svcroute_nft::ruleset::{ElemValue, Value, Verdict as NftVerdict, family_name};
 use svcroute_testbed::{
-    ALL, LOCAL, LiveProxy as _, NODE_NAME, Reply, Request, SHORT, Topology, endpoint_slice,
-    service, tcp, udp,
+    ALL, LOCAL, LiveProxy as _, NODE_NAME, Reply, Request, SERVER_PORT, SHORT, Topology,
+    endpoint_slice, service, tcp, udp,
 };
 
 use support::netns::{NFT, NftNode as _};
@@ -389,6 +389,78 @@ fn udp_endpoint_removal_flushes_conntrack() {
         );
         proxy.expect_endpoints(&topo, client, udp(dst), &remaining);
     }
+}
+
+/// Stable endpoint slots on the real kernel: taking out the endpoint of slot 0 moves the one of
+/// the last slot into it (its element deleted and added again in one transaction, which the
+/// kernel needs), and an endpoint coming back takes a new last slot; plain and ClientIP-affinity
+/// services keep answering from exactly their endpoints.
+#[test]
+fn endpoints_keep_their_slots() {
+    let Some(topo) = Topology::new(&NFT, "endpoints_keep_their_slots") else {
+        return;
+    };
+    let mut proxy = Proxy::start(
+        &topo,
+        &[
+            service("web", &["10.96.0.10"]).apply(),
+            topo.slice("web", V4, ALL),
+            service("sticky", &["10.96.0.90"])
+                .client_ip_affinity(None)
+                .apply(),
+            topo.slice("sticky", V4, ALL),
+        ],
+    );
+    let client = topo.pod("client");
+    let endpoint = |pod: &str| {
+        let ip = topo.pod(pod).ip(V4);
+        Some(ElemValue::Endpoint(std::net::SocketAddr::new(
+            ip,
+            SERVER_PORT,
+        )))
+    };
+    // The endpoints web's map holds, slot by slot, as the kernel lists them.
+    let web_slots = || {
+        let map = names::endpoint_map(&frontend_chain(&topo, V4, "10.96.0.10", 80));
+        let table = topo.our_table(V4).expect("our table");
+        table.sets[&map]
+            .elements
+            .iter()
+            .map(|(slot, element)| (slot.clone(), element.value.clone()))
+            .collect::<Vec<_>>()
+    };
+    let slot = |i: u32| vec![Value::Int(i)];
+    assert_eq!(
+        web_slots(),
+        [
+            (slot(0), endpoint("ep1")),
+            (slot(1), endpoint("ep2")),
+            (slot(2), endpoint("ep3"))
+        ]
+    );
+
+    proxy.update(&[
+        topo.slice("web", V4, &["ep2", "ep3"]),
+        topo.slice("sticky", V4, &["ep2", "ep3"]),
+    ]);
+    assert_eq!(
+        web_slots(),
+        [(slot(0), endpoint("ep3")), (slot(1), endpoint("ep2"))]
+    );
+    proxy.expect_endpoints(&topo, client, tcp("10.96.0.10:80"), &["ep2", "ep3"]);
+    proxy.expect_sticky(&topo, client, Request::new(TCP, "10.96.0.90:80", 8));
+
+    proxy.update(&[topo.slice("web", V4, ALL), topo.slice("sticky", V4, ALL)]);
+    assert_eq!(
+        web_slots(),
+        [
+            (slot(0), endpoint("ep3")),
+            (slot(1), endpoint("ep2")),
+            (slot(2), endpoint("ep1"))
+        ]
+    );
+    proxy.expect_endpoints(&topo, client, tcp("10.96.0.10:80"), ALL);
+    proxy.expect_sticky(&topo, client, Request::new(TCP, "10.96.0.90:80", 8));
 }
 
 /// Every kind of object: affinity, no endpoints, an LB with source ranges, eTP=Local and a
