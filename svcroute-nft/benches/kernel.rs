@@ -8,7 +8,11 @@
 //! cargo bench -p svcroute-nft --bench kernel                 # every sync workload
 //! cargo bench -p svcroute-nft --bench kernel -- 5000x50      # workloads whose id matches
 //! cargo bench -p svcroute-nft --bench kernel -- --latency    # connections/s, 10 vs 10,000
+//! cargo bench -p svcroute-nft --bench kernel -- --nft-only   # changes with `nft -f` only
 //! ```
+//!
+//! Changes start once the kernel has settled after the full sync (it frees the objects of a
+//! large transaction in the background for a while), so they measure a node in steady state.
 //!
 //! For `--latency` the binary runs itself inside the namespaces as a TCP server
 //! (`--serve ADDR`) and as the client (`--connect ADDR COUNT`), so neither side is slower
@@ -43,7 +47,10 @@ const WORKLOADS: [Workload; 6] = [
 ];
 
 /// Endpoint changes measured per workload.
-const CHANGES: usize = 9;
+const CHANGES: usize = 21;
+
+/// How long the kernel gets to settle after a full sync before changes are measured.
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// Runs `program` in the namespace; panics when it fails.
 fn run_in(ns: &Netns, program: &str, args: &[&str]) {
@@ -55,10 +62,13 @@ fn run_in(ns: &Netns, program: &str, args: &[&str]) {
     assert!(ok, "{program} {args:?} failed in {}", ns.0);
 }
 
-fn sync(w: Workload, runtime: &tokio::runtime::Runtime) {
+fn sync(w: Workload, nft_only: bool, runtime: &tokio::runtime::Runtime) {
     let ns = Netns::new(format!("svcroute-nftbench-{}", std::process::id()));
     let mut state = w.build_state();
-    let kernel = SystemKernel::new().in_netns(ns.0.clone());
+    let mut kernel = SystemKernel::new().in_netns(ns.0.clone());
+    if nft_only {
+        kernel = kernel.nft_only();
+    }
     let mut dp = NftDataplane::new(Box::new(kernel));
 
     let start = Instant::now();
@@ -66,6 +76,7 @@ fn sync(w: Workload, runtime: &tokio::runtime::Runtime) {
         .block_on(dp.sync_full(state.desired()))
         .expect("full sync");
     let full = start.elapsed();
+    std::thread::sleep(SETTLE);
 
     let (out, back) =
         kernel_bench::endpoint_changes(&w, &mut state, CHANGES, |desired, changes| {
@@ -227,10 +238,16 @@ fn main() {
         return;
     }
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
-    println!("nft kernel sync, {CHANGES} changes per workload");
+    let nft_only = args.iter().any(|a| a == "--nft-only");
+    let path = if nft_only {
+        "nft -f only"
+    } else {
+        "netlink fast path"
+    };
+    println!("nft kernel sync, {CHANGES} changes per workload, {path}");
     for w in WORKLOADS {
         if filters.is_empty() || filters.iter().any(|f| w.id() == **f) {
-            sync(w, &runtime);
+            sync(w, nft_only, &runtime);
         }
     }
 }
