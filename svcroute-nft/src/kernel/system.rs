@@ -164,7 +164,7 @@ fn run(program: &str, args: &[&str], stdin: Option<String>) -> Result<String, Ke
 }
 
 /// `text` cut to [`STDERR_LIMIT`] bytes (at a character boundary), saying how much was cut.
-fn bounded(text: &str) -> String {
+pub(super) fn bounded(text: &str) -> String {
     if text.len() <= STDERR_LIMIT {
         return text.to_string();
     }

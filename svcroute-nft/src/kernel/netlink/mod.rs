@@ -149,7 +149,10 @@ impl Session {
                 Err(KernelError::Failed {
                     tool: TOOL.to_string(),
                     status: format!("errno {errno}"),
-                    stderr: format!("{what}: {}", io::Error::from_raw_os_error(errno)),
+                    stderr: super::system::bounded(&format!(
+                        "{}: {what}",
+                        io::Error::from_raw_os_error(errno)
+                    )),
                 })
             }
         }
@@ -211,4 +214,177 @@ fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> io::Result<T> + Send) -> io
             .join()
             .unwrap_or_else(|e| std::panic::resume_unwind(e))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::{Chain, ElemValue, Element, SetDecl, SetKind, Stmt, Value, Verdict};
+    use crate::transaction::Command;
+
+    const V4: IpFamily = IpFamily::IPv4;
+
+    fn set_decl(interval: bool) -> SetDecl {
+        SetDecl {
+            kind: SetKind::Set,
+            key: vec![crate::ruleset::KeyType::Addr],
+            interval,
+            timeout: None,
+            protocol: None,
+            comment: None,
+        }
+    }
+
+    fn known() -> KnownSets {
+        let mut tx = Transaction::new("t");
+        for (name, interval) in [("plain", false), ("ranges", true)] {
+            tx.push(
+                V4,
+                Command::AddSet {
+                    name: name.into(),
+                    decl: set_decl(interval),
+                },
+            );
+        }
+        let mut sets = KnownSets::default();
+        sets.record(&tx);
+        sets
+    }
+
+    fn add(set: &str) -> Command {
+        Command::AddElements {
+            set: set.into(),
+            elements: vec![(
+                vec![Value::Addr("10.0.0.1".parse().unwrap())],
+                Element::default(),
+            )],
+        }
+    }
+
+    /// (type, flags, seq) of each message of a batch.
+    fn headers(batch: &[u8]) -> Vec<(u16, u16, u32)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < batch.len() {
+            let len = u32::from_ne_bytes(batch[at..at + 4].try_into().unwrap()) as usize;
+            let ty = u16::from_ne_bytes(batch[at + 4..at + 6].try_into().unwrap());
+            let flags = u16::from_ne_bytes(batch[at + 6..at + 8].try_into().unwrap());
+            let seq = u32::from_ne_bytes(batch[at + 8..at + 12].try_into().unwrap());
+            out.push((ty, flags, seq));
+            at += len;
+        }
+        out
+    }
+
+    #[test]
+    fn a_batch_is_framed_and_only_its_last_command_asks_for_an_ack() {
+        let mut tx = Transaction::new("t");
+        tx.push(V4, Command::FlushChain("svc-a".into()));
+        tx.push(
+            V4,
+            Command::AddRule {
+                chain: "svc-a".into(),
+                rule: crate::ruleset::Rule::new(vec![Stmt::Verdict(Verdict::Drop)]),
+            },
+        );
+        tx.push(V4, add("plain"));
+        let (batch, seqs) = encode_batch(&tx, 100, &known()).unwrap();
+        assert_eq!(seqs, vec![101, 102, 103]);
+        let h = headers(&batch);
+        assert_eq!(h.len(), 5);
+        assert_eq!(h[0], (BATCH_BEGIN, message::F_REQUEST, 100));
+        assert_eq!(h[1].0, (10 << 8) | 8, "flush = NFT_MSG_DELRULE");
+        assert_eq!(h[1].1 & message::F_ACK, 0);
+        assert_eq!(h[2].0, (10 << 8) | 6, "NFT_MSG_NEWRULE");
+        assert_eq!(
+            h[2].1,
+            message::F_REQUEST | message::F_CREATE | message::F_APPEND
+        );
+        assert_eq!(h[3].0, (10 << 8) | 12, "NFT_MSG_NEWSETELEM");
+        assert_ne!(
+            h[3].1 & message::F_ACK,
+            0,
+            "the last command is acknowledged"
+        );
+        assert_eq!(h[4], (BATCH_END, message::F_REQUEST, 104));
+    }
+
+    #[test]
+    fn what_the_encoder_does_not_cover_goes_to_nft() {
+        let sets = known();
+        let unsupported = |command: Command| {
+            let mut tx = Transaction::new("t");
+            tx.push(V4, command);
+            encode_batch(&tx, 1, &sets).err()
+        };
+        assert!(unsupported(add("plain")).is_none());
+        // Intervals need start/end elements; unknown sets may be intervals.
+        assert!(unsupported(add("ranges")).is_some());
+        assert!(unsupported(add("unknown")).is_some());
+        assert!(unsupported(Command::AddTable { comment: None }).is_some());
+        assert!(unsupported(Command::DeleteTable).is_some());
+        assert!(
+            unsupported(Command::AddSet {
+                name: "s".into(),
+                decl: set_decl(false),
+            })
+            .is_some()
+        );
+        let base = Chain {
+            hook: Some(crate::ruleset::BaseHook {
+                kind: crate::ruleset::ChainType::Nat,
+                hook: crate::ruleset::Hook::Output,
+                priority: -100,
+            }),
+            ..Chain::default()
+        };
+        assert!(
+            unsupported(Command::AddChain {
+                name: "c".into(),
+                chain: base,
+            })
+            .is_some()
+        );
+        let rule = |stmts| Command::AddRule {
+            chain: "c".into(),
+            rule: crate::ruleset::Rule::new(stmts),
+        };
+        assert!(unsupported(rule(vec![Stmt::Masquerade])).is_some());
+        assert!(unsupported(rule(vec![Stmt::Reject])).is_some());
+        let long = crate::ruleset::Rule::new(vec![Stmt::Verdict(Verdict::Accept)])
+            .with_comment("x".repeat(300));
+        assert!(
+            unsupported(Command::AddRule {
+                chain: "c".into(),
+                rule: long,
+            })
+            .is_some()
+        );
+        // A verdict element with a comment is fine.
+        assert!(
+            unsupported(Command::AddElements {
+                set: "plain".into(),
+                elements: vec![(
+                    vec![Value::Addr("10.0.0.2".parse().unwrap())],
+                    Element {
+                        value: Some(ElemValue::Verdict(Verdict::Goto("c".into()))),
+                        comment: Some("ns/a:http".into()),
+                    },
+                )],
+            })
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn sets_are_forgotten_with_their_table() {
+        let mut sets = known();
+        assert!(sets.is_plain(V4, "plain"));
+        assert!(!sets.is_plain(V4, "ranges"));
+        assert!(!sets.is_plain(IpFamily::IPv6, "plain"));
+        let mut tx = Transaction::new("t");
+        tx.push(V4, Command::DeleteTable);
+        sets.record(&tx);
+        assert!(!sets.is_plain(V4, "plain"));
+    }
 }
