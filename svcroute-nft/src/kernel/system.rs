@@ -38,6 +38,19 @@ pub struct SystemKernel {
     netlink_batches: usize,
 }
 
+/// A clone programs the same kernel; it opens its own netlink socket when it needs one.
+impl Clone for SystemKernel {
+    fn clone(&self) -> Self {
+        SystemKernel {
+            netns: self.netns.clone(),
+            nft_only: self.nft_only,
+            netlink: None,
+            sets: self.sets.clone(),
+            netlink_batches: 0,
+        }
+    }
+}
+
 impl SystemKernel {
     /// A kernel driven through the `nft` and `conntrack` found on `PATH`.
     pub fn new() -> Self {
