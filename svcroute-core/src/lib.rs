@@ -1,7 +1,8 @@
 //! # svcroute-core
 //!
 //! Kubernetes Service routing decided once, exactly as kube-proxy decides it — synchronous,
-//! deterministic and free of I/O, so any dataplane can be plugged in behind it.
+//! deterministic and free of I/O, so any dataplane can be plugged in behind it. (The one
+//! exception, the health-check server, sits apart in [`health::server`] behind a feature.)
 //!
 //! ```text
 //!  watch events ─► State ─► select ─► ChangeSet ─► Dataplane backend ─► kernel

@@ -2,8 +2,10 @@
 //! bind address, opened and closed as [`HealthCheckServer::update`] is handed new desired
 //! states.
 //!
-//! Each connection gets one answer: the request head is read (at most [`MAX_HEAD_BYTES`],
-//! within [`READ_TIMEOUT`]), the response written and the connection closed. At most
+//! Each connection gets one answer: the request head is read (at most [`MAX_HEAD_BYTES`]),
+//! the response written and the connection closed, all within [`READ_TIMEOUT`]. Any method
+//! and path get the health answer; a request that is not HTTP/1.x gets 400, an oversized
+//! head 431, and a client that sends nothing in time is disconnected. At most
 //! [`MAX_CONNECTIONS`] connections are served at once across all ports; beyond that each
 //! listener holds one accepted connection and the rest wait in the kernel's accept queue. A port that cannot be bound is reported and retried at the next
 //! update, like upstream, and does not keep the other ports from being served.
@@ -27,7 +29,7 @@ use crate::model::ServiceName;
 
 /// The largest request head read; a longer one is answered 431.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
-/// How long a client may take to send its request head (and to take the answer).
+/// How long one connection may last: receiving the head, answering and closing.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once, across all ports.
 pub const MAX_CONNECTIONS: usize = 128;
@@ -331,5 +333,19 @@ async fn answer(
         }
     };
     stream.write_all(&response).await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    // Lingering close: closing with unread input would reset the connection, and a reset can
+    // discard the answer before the client reads it. Drain until the client closes (it has
+    // its answer), at most `MAX_DRAIN_BYTES`, within the caller's timeout.
+    let mut drained = 0;
+    while drained < MAX_DRAIN_BYTES {
+        match stream.read(&mut chunk).await? {
+            0 => break,
+            n => drained += n,
+        }
+    }
+    Ok(())
 }
+
+/// The most input read and discarded after answering.
+const MAX_DRAIN_BYTES: usize = 64 * 1024;
