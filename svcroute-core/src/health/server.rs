@@ -25,7 +25,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::{HealthResponse, RequestHead, ServiceHealth, parse_request_head, plan};
 use crate::change::Desired;
-use crate::model::ServiceName;
+use crate::model::{IpFamily, NodePortAddresses, ProxyConfig, ServiceName};
 
 /// The largest request head read; a longer one is answered 431.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -105,6 +105,36 @@ impl HealthCheckServer {
             permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             listeners: BTreeMap::new(),
         }
+    }
+
+    /// A server on the addresses NodePorts are accepted on (upstream binds the health-check
+    /// ports to the `nodePortAddresses` IPs of each family the proxy handles):
+    /// [`NodePortAddresses::All`] gives the unspecified address of each handled family,
+    /// `Primary` the node's primary IP of each, `Cidrs` the node IPs (and loopback
+    /// addresses) inside the CIDRs. When that leaves no address, all addresses are used, as
+    /// upstream does when it cannot list the node's.
+    pub fn for_config(config: &ProxyConfig) -> Self {
+        let unspecified = |family: &IpFamily| match family {
+            IpFamily::IPv4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpFamily::IPv6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let families = config.ip_families.iter();
+        let mut addresses: Vec<IpAddr> = match &config.nodeport_addresses {
+            NodePortAddresses::All => families.map(unspecified).collect(),
+            NodePortAddresses::Primary => families.filter_map(|f| config.primary_ip(*f)).collect(),
+            NodePortAddresses::Cidrs(cidrs) => config
+                .node_ips
+                .iter()
+                .copied()
+                .chain([Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()])
+                .filter(|ip| config.handles(IpFamily::of(ip)))
+                .filter(|ip| cidrs.iter().any(|c| c.contains(ip)))
+                .collect(),
+        };
+        if addresses.is_empty() {
+            addresses = config.ip_families.iter().map(unspecified).collect();
+        }
+        HealthCheckServer::new(addresses)
     }
 
     /// The addresses the ports are opened on.
@@ -349,3 +379,46 @@ async fn answer(
 
 /// The most input read and discarded after answering.
 const MAX_DRAIN_BYTES: usize = 64 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addresses(nodeport_addresses: NodePortAddresses, families: &[IpFamily]) -> Vec<String> {
+        let config = ProxyConfig {
+            node_ips: vec!["192.168.1.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+            nodeport_addresses,
+            ip_families: families.to_vec(),
+            ..ProxyConfig::default()
+        };
+        let server = HealthCheckServer::for_config(&config);
+        server
+            .bind_addresses()
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn bind_addresses_follow_the_nodeport_addresses() {
+        let both = [IpFamily::IPv4, IpFamily::IPv6];
+        assert_eq!(addresses(NodePortAddresses::All, &both), ["0.0.0.0", "::"]);
+        assert_eq!(
+            addresses(NodePortAddresses::All, &[IpFamily::IPv4]),
+            ["0.0.0.0"]
+        );
+        assert_eq!(
+            addresses(NodePortAddresses::Primary, &both),
+            ["192.168.1.1", "fd00::1"]
+        );
+        let cidrs =
+            |s: &[&str]| NodePortAddresses::Cidrs(s.iter().map(|c| c.parse().unwrap()).collect());
+        assert_eq!(
+            addresses(cidrs(&["192.168.0.0/16", "127.0.0.0/8"]), &both),
+            ["127.0.0.1", "192.168.1.1"]
+        );
+        // Nothing matches: all addresses.
+        assert_eq!(addresses(cidrs(&["10.0.0.0/8"]), &[IpFamily::IPv6]), ["::"]);
+        assert_eq!(HealthCheckServer::default().bind_addresses().len(), 2);
+    }
+}
