@@ -1,7 +1,8 @@
 //! # svcroute-core
 //!
 //! Kubernetes Service routing decided once, exactly as kube-proxy decides it — synchronous,
-//! deterministic and free of I/O, so any dataplane can be plugged in behind it.
+//! deterministic and free of I/O, so any dataplane can be plugged in behind it. (The one
+//! exception, the health-check server, sits apart in [`health::server`] behind a feature.)
 //!
 //! ```text
 //!  watch events ─► State ─► select ─► ChangeSet ─► Dataplane backend ─► kernel
@@ -17,6 +18,10 @@
 //! - [`mod@decide`]: the reference decision for one packet, every backend's trace must equal it.
 //! - [`conntrack`]: the UDP conntrack entries a change makes stale.
 //! - [`dataplane`]: the [`Dataplane`] trait backends implement, with its contract.
+//! - [`health`]: the eTP=Local service health checks (`healthCheckNodePort`): what each port
+//!   reports, computed from [`Desired`], and (feature `health-server`, on by default) the
+//!   async [`health::server::HealthCheckServer`] that serves them over HTTP. The only I/O in
+//!   the crate, kept out of everything above.
 //!
 //! ```
 //! use svcroute_core::{State, model::{ProxyConfig, api}, watch::Event, decide::{decide, Packet}};
@@ -38,6 +43,7 @@ pub mod change;
 pub mod conntrack;
 pub mod dataplane;
 pub mod decide;
+pub mod health;
 pub mod model;
 pub mod naming;
 pub mod select;

@@ -84,6 +84,10 @@ pub struct FamilyRouting {
     /// Ready endpoints on this node: what the eTP=Local health check reports (200 when above
     /// zero, else 503, so a load balancer drains a node holding only terminating pods).
     pub local_ready_endpoints: usize,
+    /// Distinct addresses of those ready endpoints on this node, sorted: what the health check
+    /// counts across all ports of the Service (upstream `LocalReadyEndpoints` squashes by IP).
+    /// Only filled for health-checked Services (with a `healthCheckNodePort`), else empty.
+    pub local_ready_ips: Vec<IpAddr>,
 }
 
 impl FamilyRouting {
@@ -237,12 +241,21 @@ fn resolve_family(
     let firewall_allowed_sources = firewall(svc, family, &load_balancer_ips, cx.config);
 
     let candidates = merge_endpoints(port, slices, family);
-    let local_ready_endpoints = candidates
-        .iter()
-        .filter(|c| {
-            c.info.ready && c.info.node_name.as_deref() == Some(cx.config.node_name.as_str())
-        })
-        .count();
+    let is_local_ready = |c: &&Candidate<'_>| {
+        c.info.ready && c.info.node_name.as_deref() == Some(cx.config.node_name.as_str())
+    };
+    let local_ready_endpoints = candidates.iter().filter(is_local_ready).count();
+    let mut local_ready_ips = Vec::new();
+    if svc.health_check_node_port.is_some() {
+        local_ready_ips.extend(
+            candidates
+                .iter()
+                .filter(is_local_ready)
+                .map(|c| c.addr.ip()),
+        );
+        local_ready_ips.sort();
+        local_ready_ips.dedup();
+    }
     let policy = PolicyInput {
         internal: svc.internal_traffic_policy,
         external: svc.external_traffic_policy,
@@ -281,6 +294,7 @@ fn resolve_family(
         all_reachable,
         has_any_endpoints: has_any,
         local_ready_endpoints,
+        local_ready_ips,
     })
 }
 
