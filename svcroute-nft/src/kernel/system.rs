@@ -38,6 +38,18 @@ pub struct SystemKernel {
     netlink_batches: usize,
 }
 
+/// A clone has the same settings and opens its own netlink socket on first use (it knows
+/// none of our sets yet, so its first element changes go through `nft -f`).
+impl Clone for SystemKernel {
+    fn clone(&self) -> Self {
+        SystemKernel {
+            netns: self.netns.clone(),
+            nft_only: self.nft_only,
+            ..SystemKernel::default()
+        }
+    }
+}
+
 impl SystemKernel {
     /// A kernel driven through the `nft` and `conntrack` found on `PATH`.
     pub fn new() -> Self {
@@ -423,6 +435,7 @@ mod tests {
                     key: vec![KeyType::Addr, KeyType::Proto, KeyType::Service],
                     interval: false,
                     timeout: None,
+                    size: None,
                     protocol: None,
                     comment: None,
                 },
@@ -502,6 +515,7 @@ mod tests {
                         key: vec![KeyType::Addr],
                         interval: false,
                         timeout: None,
+                        size: None,
                         protocol: None,
                         comment: None,
                     },
