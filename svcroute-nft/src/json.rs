@@ -4,7 +4,7 @@
 //! The reader is strict: every object, key and expression must be one that the model
 //! represents exactly, otherwise [`parse_table`] fails with a [`JsonError`] naming the object
 //! (set, chain, rule) and the construct it did not understand. Nothing is skipped silently;
-//! the only things ignored are handles, `metainfo`, a set's `size`, the `dynamic` set flag
+//! the only things ignored are handles, `metainfo`, the `dynamic` set flag
 //! (nft 1.0.6 does not list it), a base chain's `policy accept`, and the elements of dynamic
 //! (timeout) sets, which are affinity state the data path adds, not part of the ruleset
 //! svcroute programs.
@@ -240,11 +240,16 @@ fn set_decl(tag: &str, obj: &Obj, family: IpFamily) -> Parse<SetDecl> {
         (true, None) => return Err("flag `timeout` without a set timeout".into()),
         (false, Some(t)) => return Err(format!("timeout {} without flag `timeout`", show(t))),
     };
+    let size = obj
+        .get("size")
+        .map(|n| integer::<u32>(n, "set size"))
+        .transpose()?;
     Ok(SetDecl {
         kind,
         key,
         interval,
         timeout,
+        size,
         protocol: None,
         comment: optional_string(obj, "comment")?,
     })
@@ -527,7 +532,7 @@ fn operand(left: &Expr, v: &Json, family: IpFamily) -> Parse<Operand> {
         Expr::Saddr | Expr::Daddr => Value::Addr(addr(v, family)?),
         Expr::L4Proto => Value::Proto(proto(v)?),
         Expr::ThDport | Expr::TcpDport => Value::Port(integer(v, "port")?),
-        Expr::MarkAnd(_) | Expr::Numgen(_) => Value::Int(integer(v, "integer")?),
+        Expr::MarkAnd(_) | Expr::Numgen { .. } => Value::Int(integer(v, "integer")?),
         Expr::FibSaddrType | Expr::FibDaddrType => keyword(v, "local", Value::Local)?,
         Expr::CtState => keyword(v, "new", Value::New)?,
         Expr::CtStatus => keyword(v, "dnat", Value::Dnat)?,
@@ -571,7 +576,7 @@ fn dnat_stmt(body: &Json, family: IpFamily) -> Parse<Stmt> {
             let map = object(map, "dnat map")?;
             only_keys(map, "dnat map", &["key", "data"])?;
             let key = field(map, "key", "dnat map")?;
-            let Expr::Numgen(modulus) = expr(key, family)? else {
+            let Expr::Numgen { modulus, offset: 0 } = expr(key, family)? else {
                 return Err(format!("dnat map key {} is not numgen", show(key)));
             };
             Ok(Stmt::DnatNumgen {
@@ -710,7 +715,7 @@ fn expr(v: &Json, family: IpFamily) -> Parse<Expr> {
         "&" => mark_and(body),
         "fib" => fib(body),
         "ct" => ct(body),
-        "numgen" => Ok(Expr::Numgen(numgen(body)?)),
+        "numgen" => numgen(body),
         "concat" => {
             let parts = body
                 .as_array()
@@ -794,21 +799,27 @@ fn ct(body: &Json) -> Parse<Expr> {
 }
 
 /// `numgen random mod N` (offset 0): N.
-fn numgen(body: &Json) -> Parse<u32> {
+/// `numgen random mod N [offset O]` (nft prints the offset as a signed 32-bit number: only
+/// offsets below 2^31 are read).
+fn numgen(body: &Json) -> Parse<Expr> {
     let obj = object(body, "numgen")?;
     only_keys(obj, "numgen", &["mode", "mod", "offset"])?;
     let mode = string(field(obj, "mode", "numgen")?, "numgen mode")?;
+    if mode != "random" {
+        return Err(format!(
+            "numgen {} (only `random` is supported)",
+            show(body)
+        ));
+    }
     let offset = match obj.get("offset") {
         Some(o) => integer::<u32>(o, "numgen offset")?,
         None => 0,
     };
-    if mode != "random" || offset != 0 {
-        return Err(format!(
-            "numgen {} (only `random` with offset 0 is supported)",
-            show(body)
-        ));
+    if offset > i32::MAX as u32 {
+        return Err(format!("numgen offset {offset} is not below 2^31"));
     }
-    integer(field(obj, "mod", "numgen")?, "numgen modulus")
+    let modulus = integer(field(obj, "mod", "numgen")?, "numgen modulus")?;
+    Ok(Expr::Numgen { modulus, offset })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1312,7 +1323,7 @@ mod tests {
                 r#"{"vmap": {"key": {"numgen": {"mode": "random", "mod": 2, "offset": 0}}, "data": "@svc-C-ep"}}"#
             ),
             Stmt::Vmap {
-                key: Expr::Numgen(2),
+                key: Expr::numgen(2),
                 map: "svc-C-ep".into()
             }
         );
@@ -1346,9 +1357,30 @@ mod tests {
                 key: Expr::Saddr
             }
         );
+        assert_eq!(
+            stmt4(
+                r#"{"set": {"op": "update", "elem": {"concat": [{"payload": {"protocol": "ip", "field": "saddr"}}, {"numgen": {"mode": "random", "mod": 1, "offset": 12345}}]}, "set": "@aff-B"}}"#
+            ),
+            Stmt::Update {
+                set: "aff-B".into(),
+                key: crate::render::affinity_key(12345),
+            }
+        );
+        assert_eq!(
+            stmt4(
+                r#"{"vmap": {"key": {"numgen": {"mode": "random", "mod": 2, "offset": 1}}, "data": "@m"}}"#
+            ),
+            Stmt::Vmap {
+                key: Expr::Numgen {
+                    modulus: 2,
+                    offset: 1
+                },
+                map: "m".into(),
+            }
+        );
         rule_error(
             "ip",
-            r#"{"vmap": {"key": {"numgen": {"mode": "random", "mod": 2, "offset": 1}}, "data": "@m"}}"#,
+            r#"{"vmap": {"key": {"numgen": {"mode": "random", "mod": 1, "offset": -5}}, "data": "@m"}}"#,
         );
         rule_error(
             "ip",
@@ -1485,6 +1517,7 @@ mod tests {
                 key: vec![KeyType::Addr],
                 interval: true,
                 timeout: None,
+                size: None,
                 protocol: None,
                 comment: Some("cluster".into()),
             }
@@ -1557,16 +1590,17 @@ mod tests {
     fn dynamic_sets_ignore_their_elements() {
         let s = set4(
             "set",
-            r#""type": "ipv4_addr", "size": 65535, "flags": ["timeout"], "timeout": 10800, "elem": [{"elem": {"val": "10.0.0.1", "expires": 10799}}]"#,
+            r#""type": ["ipv4_addr", "integer"], "size": 1048576, "flags": ["timeout"], "timeout": 10800, "elem": [{"elem": {"val": {"concat": ["10.0.0.1", 12345]}, "expires": 10799}}]"#,
         )
         .unwrap();
         assert_eq!(
             s.decl,
             SetDecl {
                 kind: SetKind::Set,
-                key: vec![KeyType::Addr],
+                key: vec![KeyType::Addr, KeyType::Slot],
                 interval: false,
                 timeout: Some(10800),
+                size: Some(1048576),
                 protocol: None,
                 comment: None,
             }
@@ -1843,7 +1877,7 @@ mod tests {
                     jump("mark-for-masquerade"),
                 ]),
                 Rule::new(vec![Stmt::Vmap {
-                    key: Expr::Numgen(2),
+                    key: Expr::numgen(2),
                     map: "svc-AAAA-vm".into(),
                 }]),
             ],
@@ -1855,8 +1889,8 @@ mod tests {
             vec![
                 Rule::new(vec![
                     Stmt::Update {
-                        set: "sep-AAAA-aff".into(),
-                        key: Expr::Saddr,
+                        set: "aff-AAAA".into(),
+                        key: crate::render::affinity_key(12345),
                     },
                     tcp.clone(),
                     Stmt::DnatTo(SocketAddr::new(
@@ -1881,7 +1915,11 @@ mod tests {
                     jump("mark-for-masquerade"),
                 ]),
                 Rule::new(vec![
-                    matching(Expr::Saddr, false, Operand::Set("sep-AAAA-aff".into())),
+                    matching(
+                        crate::render::affinity_key(0x7fff_ffff),
+                        false,
+                        Operand::Set("aff-AAAA".into()),
+                    ),
                     Stmt::Verdict(Verdict::Goto("sep-AAAA".into())),
                 ]),
                 Rule::new(vec![
@@ -1905,6 +1943,7 @@ mod tests {
             key,
             interval,
             timeout,
+            size: None,
             protocol: None,
             comment: comment.map(String::from),
         };
@@ -1970,8 +2009,17 @@ mod tests {
             )],
         );
         set(
-            "sep-AAAA-aff",
-            decl(SetKind::Set, vec![KeyType::Addr], false, Some(10800), None),
+            "aff-AAAA",
+            SetDecl {
+                size: Some(1 << 20),
+                ..decl(
+                    SetKind::Set,
+                    vec![KeyType::Addr, KeyType::Slot],
+                    false,
+                    Some(10800),
+                    None,
+                )
+            },
             Vec::new(),
         );
         set(

@@ -25,9 +25,10 @@
 //! svc-H / svl-H                        ClusterIP masquerade rule (daddr CIP dport P, saddr
 //!                                      not a pod); dnat ip addr . port to numgen random mod N
 //!                                      map @svc-H-ep (slot -> endpoint ip . port)
-//!   with ClientIP affinity             saddr @sep-E-aff goto sep-E (per endpoint); numgen
-//!                                      random mod N vmap @svc-H-ep (slot -> goto sep-E);
-//!                                      sep-E: update @sep-E-aff { saddr } (timeout), dnat to E
+//!   with ClientIP affinity             saddr . numgen random mod 1 offset ID_E @aff-H
+//!                                      goto sep-E (per endpoint); numgen random mod N vmap
+//!                                      @svc-H-ep (slot -> goto sep-E); sep-E: update @aff-H
+//!                                      { saddr . numgen random mod 1 offset ID_E }, dnat to E
 //! filter input/forward/output prio -1  ct state new: daddr . l4proto . dport vmap
 //!                                      @no-endpoint-services, NodePorts vmap
 //!                                      @no-endpoint-nodeports (goto reject-chain | drop);
@@ -43,8 +44,15 @@
 //! chain each (kube-proxy's anonymous per-service `numgen` vmaps load quadratically: 24 s at
 //! 10,000 services), and hairpin traffic is recognised in postrouting by the `@hairpin` set of
 //! `endpoint . endpoint` pairs instead of a rule per endpoint. Only services with session
-//! affinity have per-endpoint chains (an `update` statement needs a chain of its own). Names
-//! are hashes, never user strings; user strings appear only in escaped comments.
+//! affinity have per-endpoint chains (an `update` statement needs a chain of its own). Their
+//! clients are recorded in one dynamic set per service port, `aff-H` of `saddr . ID` (timeout:
+//! the affinity timeout, `size` 2^20), rather than one set per endpoint: the kernel finds a set
+//! by walking the table's list of sets, so a full sync of 5,000 services × 50 endpoints costs
+//! quadratically in their number. `ID_E` is a 31-bit integer unique within the port (the
+//! first bits of `E`, the next free value on a collision, kept while the endpoint exists);
+//! nft refuses a constant inside a lookup key, but `numgen random mod 1 offset ID` is always
+//! `ID`. A removed endpoint's rule goes, so its entries are never matched again and expire.
+//! Names are hashes, never user strings; user strings appear only in escaped comments.
 //!
 //! # Incremental writes
 //!

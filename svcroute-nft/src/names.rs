@@ -82,6 +82,8 @@ pub struct PortNames {
     pub ext: String,
     /// `fw-H`: load-balancer source ranges.
     pub fw: String,
+    /// `aff-H`: ClientIP affinity, `client . endpoint ID` (see [`affinity_id`]).
+    pub aff: String,
 }
 
 impl PortNames {
@@ -95,6 +97,7 @@ impl PortNames {
             svl: format!("svl-{hash}"),
             ext: format!("ext-{hash}"),
             fw: format!("fw-{hash}"),
+            aff: format!("aff-{hash}"),
             text,
         }
     }
@@ -113,9 +116,23 @@ pub fn endpoint_map(chain: &str) -> String {
     format!("{chain}-ep")
 }
 
-/// The affinity set of an endpoint chain (`sep-E` → `sep-E-aff`).
-pub fn affinity_set(sep: &str) -> String {
-    format!("{sep}-aff")
+/// The ClientIP affinity ID an endpoint chain `sep-E` starts from: the first 31 bits of `E`
+/// (base32). IDs tell a port's endpoints apart in its `aff-H` set; render bumps the rare
+/// collision within a port to the next free value. Below 2^31, because nft prints a numgen
+/// offset as a signed 32-bit number.
+pub fn affinity_id(sep: &str) -> u32 {
+    let hash = sep.strip_prefix("sep-").unwrap_or(sep);
+    let mut bits: u64 = 0;
+    for c in hash.bytes().take(7) {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => 0,
+        };
+        bits = (bits << 5) | u64::from(value);
+    }
+    // 7 characters are 35 bits: keep the first 31.
+    (bits >> 4) as u32 & 0x7fff_ffff
 }
 
 /// Text made safe inside an nft comment: nft's quoted strings have no usable escapes, so
@@ -162,7 +179,10 @@ mod tests {
         let a = names.sep(&name, &"10.0.0.1:80".parse().unwrap());
         let b = names.sep(&name, &"[fd00::1]:80".parse().unwrap());
         assert_ne!(a, b);
-        assert_eq!(affinity_set(&a), format!("{a}-aff"));
+        assert_eq!(names.aff, names.svc.replace("svc-", "aff-"));
+        assert_ne!(affinity_id(&a), affinity_id(&b));
+        assert_eq!(affinity_id("sep-AAAAAAQ"), 1);
+        assert_eq!(affinity_id("sep-7777777777777777"), 0x7fff_ffff);
     }
 
     #[test]

@@ -2,14 +2,14 @@
 //! ([`skeleton`]); each resolved service port becomes its own chains and maps plus elements in
 //! the shared sets and maps ([`port_objects`]). The layout is drawn in the crate docs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
 use svcroute_core::model::{IpFamily, Protocol, ProxyConfig, TrafficPolicy};
 use svcroute_core::select::{FamilyRouting, NoEndpointVerdict, ResolvedServicePort};
 
-use crate::names::{self, PortNames, affinity_set, endpoint_map};
+use crate::names::{self, PortNames, affinity_id, endpoint_map};
 use crate::ruleset::{
     BaseHook, Chain, ChainType, ElemKey, ElemValue, Element, Expr, Hook, KeyType, MarkOp, Operand,
     Rule, Set, SetDecl, SetKind, Stmt, Table, Value, Verdict,
@@ -102,6 +102,7 @@ fn set_decl(kind: SetKind, key: Vec<KeyType>, comment: &str) -> SetDecl {
         key,
         interval: false,
         timeout: None,
+        size: None,
         protocol: None,
         comment: Some(comment.to_string()),
     }
@@ -663,7 +664,13 @@ impl PortRenderer<'_> {
 
     /// An endpoint chain (`svc-H` / `svl-H`) and its endpoint map: masquerade, affinity,
     /// random pick.
-    fn endpoint_chain(&mut self, chain: &str, endpoints: &[SocketAddr], internal: bool) {
+    fn endpoint_chain(
+        &mut self,
+        chain: &str,
+        endpoints: &[SocketAddr],
+        internal: bool,
+        ids: &BTreeMap<SocketAddr, u32>,
+    ) {
         let display = self.names.display.clone();
         let which = if chain == self.names.svc {
             "cluster"
@@ -683,14 +690,14 @@ impl PortRenderer<'_> {
                     .iter()
                     .map(|e| self.names.sep(&self.port.name, e))
                     .collect();
-                for sep in &seps {
+                for (sep, e) in seps.iter().zip(endpoints) {
                     rules.push(rule(vec![
-                        in_set(Expr::Saddr, &affinity_set(sep)),
+                        in_set(affinity_key(ids[e]), &self.names.aff),
                         goto(sep),
                     ]));
                 }
                 rules.push(rule(vec![Stmt::Vmap {
-                    key: Expr::Numgen(n),
+                    key: Expr::numgen(n),
                     map: map.clone(),
                 }]));
                 let elements = slots
@@ -751,27 +758,32 @@ impl PortRenderer<'_> {
         );
     }
 
-    /// The chain and affinity set of one endpoint of a service with session affinity.
-    fn affinity_endpoint(&mut self, endpoint: &SocketAddr, timeout: u32) {
+    /// The chain of one endpoint of a service with session affinity: it records the client
+    /// in the port's affinity set under the endpoint's `id`, then DNATs.
+    fn affinity_endpoint(&mut self, endpoint: &SocketAddr, id: u32) {
         let sep = self.names.sep(&self.port.name, endpoint);
-        let set = affinity_set(&sep);
         let rules = vec![
             rule(vec![Stmt::Update {
-                set: set.clone(),
-                key: Expr::Saddr,
+                set: self.names.aff.clone(),
+                key: affinity_key(id),
             }]),
             rule(vec![self.l4proto(), Stmt::DnatTo(*endpoint)]),
         ];
         self.chain(sep, format!("{} -> {endpoint}", self.names.display), rules);
+    }
+
+    /// The port's affinity set: `client . endpoint ID`, refreshed by each new connection.
+    fn affinity_set(&mut self, timeout: u32) {
         self.out.sets.push((
-            set,
+            self.names.aff.clone(),
             empty_set(SetDecl {
                 kind: SetKind::Set,
-                key: vec![KeyType::Addr],
+                key: vec![KeyType::Addr, KeyType::Slot],
                 interval: false,
                 timeout: Some(timeout),
+                size: Some(AFFINITY_SET_SIZE),
                 protocol: None,
-                comment: Some(format!("{} clients of {endpoint}", self.names.display)),
+                comment: Some(format!("{} ClientIP affinity", self.names.display)),
             }),
         ));
     }
@@ -783,21 +795,36 @@ impl PortRenderer<'_> {
         let mut chains: BTreeSet<String> = internal.iter().cloned().collect();
         chains.extend(external);
         let fam = self.fam;
-        let mut reachable: BTreeSet<SocketAddr> = BTreeSet::new();
-        for chain in &chains {
-            let policy = if *chain == self.names.svc {
+        let svc = self.names.svc.clone();
+        let policy = |chain: &String| {
+            if *chain == svc {
                 TrafficPolicy::Cluster
             } else {
                 TrafficPolicy::Local
-            };
-            let eps = fam.endpoints(policy);
-            reachable.extend(eps.iter().copied());
+            }
+        };
+        let reachable: BTreeSet<SocketAddr> = chains
+            .iter()
+            .flat_map(|chain| fam.endpoints(policy(chain)).iter().copied())
+            .collect();
+        let ids = match self.port.affinity_timeout {
+            Some(_) => affinity_ids(reachable.iter().map(|e| {
+                let id = affinity_id(&self.names.sep(&self.port.name, e));
+                (*e, id)
+            })),
+            None => BTreeMap::new(),
+        };
+        for chain in &chains {
+            let eps = fam.endpoints(policy(chain));
             let is_internal = internal.as_deref() == Some(chain.as_str());
-            self.endpoint_chain(chain, eps, is_internal);
+            self.endpoint_chain(chain, eps, is_internal, &ids);
         }
-        if let Some(timeout) = self.port.affinity_timeout {
-            for e in &reachable {
-                self.affinity_endpoint(e, timeout);
+        if let Some(timeout) = self.port.affinity_timeout
+            && !reachable.is_empty()
+        {
+            self.affinity_set(timeout);
+            for (e, id) in &ids {
+                self.affinity_endpoint(e, *id);
             }
         }
         let ips: BTreeSet<IpAddr> = reachable.iter().map(SocketAddr::ip).collect();
@@ -808,6 +835,80 @@ impl PortRenderer<'_> {
             self.element(names::HEALTH_CHECK_PORTS, vec![Value::Port(hc)], None);
         }
         self.out
+    }
+}
+
+/// The declared size of an affinity set: how many `client . endpoint` entries it holds at
+/// most (nft would give a dynamic set 65,535).
+pub const AFFINITY_SET_SIZE: u32 = 1 << 20;
+
+/// `ip saddr . numgen random mod 1 offset ID`: the key of an affinity set (nft refuses a
+/// literal inside a lookup key; a numgen of modulus 1 is always its offset).
+pub fn affinity_key(id: u32) -> Expr {
+    Expr::Concat(vec![Expr::Saddr, Expr::constant(id)])
+}
+
+/// The affinity IDs of a port's endpoints, from each endpoint's hashed ID (`wanted`, in
+/// endpoint order): a collision takes the next free value (below 2^31).
+pub fn affinity_ids<K: Ord>(wanted: impl IntoIterator<Item = (K, u32)>) -> BTreeMap<K, u32> {
+    let mut taken = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for (key, id) in wanted {
+        let mut id = id & 0x7fff_ffff;
+        while !taken.insert(id) {
+            id = (id + 1) & 0x7fff_ffff;
+        }
+        out.insert(key, id);
+    }
+    out
+}
+
+/// The affinity ID an endpoint chain records its clients under (the offset in the key of
+/// its `update` statement), if it is one.
+pub fn chain_affinity_id(chain: &Chain) -> Option<u32> {
+    chain
+        .rules
+        .iter()
+        .flat_map(|r| &r.stmts)
+        .find_map(|s| match s {
+            Stmt::Update { key, .. } => key_affinity_id(key),
+            _ => None,
+        })
+}
+
+fn key_affinity_id(key: &Expr) -> Option<u32> {
+    match key {
+        Expr::Concat(parts) => match parts.as_slice() {
+            [Expr::Saddr, Expr::Numgen { modulus: 1, offset }] => Some(*offset),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Gives the endpoint chains of `objects` the affinity IDs `ids` (by chain name), in their
+/// `update` statements and in the lookups that go to them.
+pub fn renumber_affinity(objects: &mut PortObjects, ids: &BTreeMap<String, u32>) {
+    for (name, chain) in &mut objects.chains {
+        for rule in &mut chain.rules {
+            let target = rule.chains().next().map(str::to_string);
+            for stmt in &mut rule.stmts {
+                let (key, chain) = match stmt {
+                    Stmt::Update { key, .. } => (key, Some(name.as_str())),
+                    Stmt::Match {
+                        left,
+                        right: Operand::Set(_),
+                        ..
+                    } => (left, target.as_deref()),
+                    _ => continue,
+                };
+                if key_affinity_id(key).is_some()
+                    && let Some(id) = chain.and_then(|c| ids.get(c))
+                {
+                    *key = affinity_key(*id);
+                }
+            }
+        }
     }
 }
 
@@ -827,4 +928,22 @@ pub fn port_objects(
         out: PortObjects::default(),
     };
     Some(renderer.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affinity_ids_bump_collisions_in_order() {
+        let ids = affinity_ids([
+            ("a", 5),
+            ("b", 5),
+            ("c", 6),
+            ("d", 0x7fff_ffff),
+            ("e", 0x7fff_ffff),
+        ]);
+        let got: Vec<u32> = ["a", "b", "c", "d", "e"].iter().map(|k| ids[k]).collect();
+        assert_eq!(got, [5, 6, 7, 0x7fff_ffff, 0]);
+    }
 }

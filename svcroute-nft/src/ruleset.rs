@@ -50,8 +50,15 @@ pub enum Expr {
     CtState,
     /// `ct status`.
     CtStatus,
-    /// `numgen random mod N` (offset 0).
-    Numgen(u32),
+    /// `numgen random mod N offset O`: a number in `O..O+N`. With `N` = 1 it is the constant
+    /// `O`, which nft accepts inside a lookup key where it refuses a literal (the ClientIP
+    /// affinity ID of an endpoint).
+    Numgen {
+        /// N.
+        modulus: u32,
+        /// O (nft prints it as a signed 32-bit number: keep it below 2^31).
+        offset: u32,
+    },
     /// `A . B . C`: a concatenation (a set or map key).
     Concat(Vec<Expr>),
 }
@@ -281,7 +288,8 @@ pub enum KeyType {
     Proto,
     /// `inet_service`.
     Service,
-    /// An integer produced by `numgen` (declared `typeof numgen random mod 2`).
+    /// An integer produced by `numgen` (declared `typeof numgen random mod 2`): the slot of
+    /// an endpoint map, or an endpoint's ClientIP affinity ID.
     Slot,
 }
 
@@ -307,6 +315,8 @@ pub struct SetDecl {
     pub interval: bool,
     /// `flags dynamic,timeout; timeout Ns`: filled by `update` statements, elements expire.
     pub timeout: Option<u32>,
+    /// `size N`: the most elements (dynamic sets; nft gives them 65,535 unless told).
+    pub size: Option<u32>,
     /// For endpoint maps: the protocol of the rules using the map. nft 1.0.6 declares the
     /// map `typeof ... ip daddr . PROTO dport` and refuses rules of another protocol (or
     /// `th dport`) once the map is in the kernel. `nft -j` does not list it (`None` when read
@@ -382,6 +392,19 @@ fn quoted(out: &mut String, text: &str) {
 }
 
 impl Expr {
+    /// `numgen random mod N` (offset 0): a slot of an endpoint map.
+    pub fn numgen(modulus: u32) -> Self {
+        Expr::Numgen { modulus, offset: 0 }
+    }
+
+    /// `numgen random mod 1 offset ID`: always `ID`.
+    pub fn constant(id: u32) -> Self {
+        Expr::Numgen {
+            modulus: 1,
+            offset: id,
+        }
+    }
+
     /// Writes the expression as nft text for a rule of `family`.
     pub fn write(&self, family: IpFamily, out: &mut String) {
         let fam = family_name(family);
@@ -402,8 +425,11 @@ impl Expr {
             Expr::FibDaddrType => out.push_str("fib daddr type"),
             Expr::CtState => out.push_str("ct state"),
             Expr::CtStatus => out.push_str("ct status"),
-            Expr::Numgen(n) => {
-                let _ = write!(out, "numgen random mod {n}");
+            Expr::Numgen { modulus, offset } => {
+                let _ = write!(out, "numgen random mod {modulus}");
+                if *offset != 0 {
+                    let _ = write!(out, " offset {offset}");
+                }
             }
             Expr::Concat(parts) => {
                 for (i, p) in parts.iter().enumerate() {
@@ -565,15 +591,29 @@ impl SetDecl {
     /// The body of the declaration: `{ type ...; flags ...; timeout ...; comment "..."; }`.
     pub fn write_body(&self, family: IpFamily, out: &mut String) {
         out.push_str("{ ");
-        if self.key == [KeyType::Slot] {
+        if self.key.contains(&KeyType::Slot) {
             // numgen yields a plain integer: only `typeof` can declare such a key.
-            out.push_str("typeof numgen random mod 2 : ");
+            out.push_str("typeof ");
+            for (i, k) in self.key.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(" . ");
+                }
+                match k {
+                    KeyType::Addr => {
+                        let _ = write!(out, "{} saddr", family_name(family));
+                    }
+                    KeyType::Proto => out.push_str("meta l4proto"),
+                    KeyType::Service => out.push_str("th dport"),
+                    KeyType::Slot => out.push_str("numgen random mod 2"),
+                }
+            }
             match self.kind {
                 SetKind::EndpointMap => {
                     let proto = self.protocol.map_or("th", Protocol::lower);
-                    let _ = write!(out, "{} daddr . {proto} dport", family_name(family));
+                    let _ = write!(out, " : {} daddr . {proto} dport", family_name(family));
                 }
-                SetKind::VerdictMap | SetKind::Set => out.push_str("verdict"),
+                SetKind::VerdictMap => out.push_str(" : verdict"),
+                SetKind::Set => {}
             }
         } else {
             out.push_str("type ");
@@ -598,6 +638,9 @@ impl SetDecl {
                 let _ = write!(out, "flags dynamic,timeout; timeout {t}s; ");
             }
             (false, None) => {}
+        }
+        if let Some(size) = self.size {
+            let _ = write!(out, "size {size}; ");
         }
         if let Some(c) = &self.comment {
             out.push_str("comment ");
@@ -731,6 +774,7 @@ mod tests {
             key: vec![KeyType::Slot],
             interval: false,
             timeout: None,
+            size: None,
             protocol: None,
             comment: Some("ns/web:http".into()),
         };
@@ -745,6 +789,7 @@ mod tests {
             key: vec![KeyType::Addr, KeyType::Proto, KeyType::Service],
             interval: false,
             timeout: None,
+            size: None,
             protocol: None,
             comment: None,
         };

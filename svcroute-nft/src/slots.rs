@@ -107,6 +107,7 @@ mod tests {
                 key: vec![KeyType::Slot],
                 interval: false,
                 timeout: None,
+                size: None,
                 protocol: None,
                 comment: None,
             },

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use svcroute_core::model::IpFamily;
 use svcroute_core::select::ServicePortName;
 
-use crate::render::PortObjects;
+use crate::render::{self, PortObjects};
 use crate::ruleset::{Chain, ElemKey, Element, Rule, SetKind, Table};
 use crate::slots;
 use crate::transaction::{Command, Transaction};
@@ -202,6 +202,7 @@ impl FamilyState {
     pub fn plan(&self, changes: &mut PortChanges, tx: &mut Transaction) {
         for objects in changes.iter_mut().filter_map(|(_, new)| new.as_mut()) {
             self.keep_slots(objects);
+            self.keep_affinity_ids(objects);
         }
         let mut phases = Phases::default();
         let (no_record, no_objects) = (PortRecord::default(), PortObjects::default());
@@ -257,6 +258,39 @@ impl FamilyState {
                 slots::keep(previous, set);
             }
         }
+    }
+
+    /// Gives the endpoint chains of `objects` that are programmed already the affinity IDs
+    /// they have (their clients' entries keep matching); new ones take their rendered ID, or
+    /// the next free one. Only a collision of hashed IDs within a port makes them differ.
+    fn keep_affinity_ids(&self, objects: &mut PortObjects) {
+        let rendered: Vec<(&String, u32)> = objects
+            .chains
+            .iter()
+            .filter_map(|(name, chain)| render::chain_affinity_id(chain).map(|id| (name, id)))
+            .collect();
+        let programmed: BTreeMap<&String, u32> = rendered
+            .iter()
+            .filter_map(|(name, _)| {
+                let old = self.table.chains.get(*name)?;
+                render::chain_affinity_id(old).map(|id| (*name, id))
+            })
+            .collect();
+        if rendered
+            .iter()
+            .all(|(name, id)| programmed.get(name).is_none_or(|old| old == id))
+        {
+            return;
+        }
+        let kept = rendered
+            .iter()
+            .filter_map(|(name, _)| programmed.get(name).map(|id| ((*name).clone(), *id)));
+        let new = rendered
+            .iter()
+            .filter(|(name, _)| !programmed.contains_key(name))
+            .map(|(name, id)| ((*name).clone(), *id));
+        let ids = render::affinity_ids(kept.chain(new));
+        render::renumber_affinity(objects, &ids);
     }
 
     /// The port's sets whose declaration changes (they are deleted and created again).
@@ -760,5 +794,106 @@ mod tests {
         // three endpoint-map elements of the removal (one line per command).
         assert_eq!(removal.lines().count(), 6, "{removal}");
         assert_eq!(addition.lines().count(), 5, "{addition}");
+    }
+}
+
+#[cfg(test)]
+mod affinity_ids {
+    use svcroute_core::model::{Protocol, ServiceName};
+
+    use super::*;
+    use crate::render::{affinity_key, chain_affinity_id};
+    use crate::ruleset::{Operand, Stmt, Verdict};
+
+    fn name() -> ServicePortName {
+        ServicePortName {
+            service: ServiceName::new("ns", "web"),
+            port_name: String::new(),
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    /// `svc-H` looking up each `(sep, id)` and the `sep` chains recording them.
+    fn objects(endpoints: &[(&str, u32)]) -> PortObjects {
+        let lookups = endpoints
+            .iter()
+            .map(|(sep, id)| {
+                Rule::new(vec![
+                    Stmt::Match {
+                        left: affinity_key(*id),
+                        negate: false,
+                        right: Operand::Set("aff-H".into()),
+                    },
+                    Stmt::Verdict(Verdict::Goto(sep.to_string())),
+                ])
+            })
+            .collect();
+        let mut chains = vec![(
+            "svc-H".to_string(),
+            Chain {
+                rules: lookups,
+                ..Chain::default()
+            },
+        )];
+        for (sep, id) in endpoints {
+            let update = Rule::new(vec![Stmt::Update {
+                set: "aff-H".into(),
+                key: affinity_key(*id),
+            }]);
+            chains.push((
+                sep.to_string(),
+                Chain {
+                    rules: vec![update],
+                    ..Chain::default()
+                },
+            ));
+        }
+        PortObjects {
+            chains,
+            ..PortObjects::default()
+        }
+    }
+
+    fn ids(objects: &PortObjects) -> Vec<(String, u32)> {
+        let by_chain: BTreeMap<&str, &Chain> = objects
+            .chains
+            .iter()
+            .map(|(n, c)| (n.as_str(), c))
+            .collect();
+        let mut out = Vec::new();
+        for rule in &by_chain["svc-H"].rules {
+            let Stmt::Match { left, .. } = &rule.stmts[0] else {
+                unreachable!()
+            };
+            let sep = rule.chains().next().unwrap().to_string();
+            let updated = chain_affinity_id(by_chain[sep.as_str()]).unwrap();
+            assert_eq!(left, &affinity_key(updated), "lookup and update agree");
+            out.push((sep, updated));
+        }
+        out
+    }
+
+    #[test]
+    fn endpoints_keep_their_affinity_id_while_they_exist() {
+        // A and B collided: B took 6. A goes; B is rendered with 5 now but keeps 6, and a
+        // new C whose hashed ID is 6 takes 7.
+        let state = FamilyState::new(
+            Table::new(IpFamily::IPv4),
+            vec![(name(), objects(&[("sep-A", 5), ("sep-B", 6)]))],
+        );
+        let mut changes: PortChanges = vec![(name(), Some(objects(&[("sep-B", 5), ("sep-C", 6)])))];
+        state.plan(&mut changes, &mut Transaction::new("t"));
+        let planned = changes[0].1.as_ref().unwrap();
+        assert_eq!(
+            ids(planned),
+            [("sep-B".to_string(), 6), ("sep-C".to_string(), 7)]
+        );
+        // Nothing to keep: the rendered IDs stay.
+        let mut changes: PortChanges = vec![(name(), Some(objects(&[("sep-A", 5), ("sep-D", 9)])))];
+        state.plan(&mut changes, &mut Transaction::new("t"));
+        assert_eq!(
+            ids(changes[0].1.as_ref().unwrap()),
+            [("sep-A".to_string(), 5), ("sep-D".to_string(), 9)]
+        );
     }
 }

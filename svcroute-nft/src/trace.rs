@@ -595,7 +595,8 @@ impl<'a> Walk<'a> {
         (b, Step::Continue)
     }
 
-    /// `update @SET { ip saddr }`: the branch is sticky for the set's timeout.
+    /// `update @SET { ip saddr . numgen random mod 1 offset ID }` (or `{ ip saddr }`): the
+    /// branch is sticky for the set's timeout.
     fn stmt_update(
         &self,
         at: &At<'a>,
@@ -607,9 +608,18 @@ impl<'a> Walk<'a> {
         let Some(timeout) = set.decl.timeout else {
             return Err(at.unsupported(&format!("update of @{name}, which has no timeout")));
         };
-        if *key != Expr::Saddr || set.decl.key != [KeyType::Addr] {
+        let affinity_key = match key {
+            Expr::Saddr => true,
+            Expr::Concat(parts) => matches!(
+                parts.as_slice(),
+                [Expr::Saddr, Expr::Numgen { modulus: 1, .. }]
+            ),
+            _ => false,
+        };
+        if !affinity_key || key_types(key).ok().as_deref() != Some(set.decl.key.as_slice()) {
             return Err(at.unsupported(
-                "only `update @SET { ip saddr }` of an address set (ClientIP affinity)",
+                "only `update @SET { ip saddr [. numgen random mod 1 offset ID] }` of a set of \
+                 that type (ClientIP affinity)",
             ));
         }
         match b.affinity {
@@ -645,7 +655,7 @@ impl<'a> Walk<'a> {
     ) -> Result<Vec<(Branch, Step<'a>)>, TraceError> {
         at.require_nat("dnat", &[Hook::Prerouting, Hook::Output])?;
         let set = self.set(at, map, SetKind::EndpointMap)?;
-        let key = Expr::Numgen(modulus);
+        let key = Expr::numgen(modulus);
         let mut out = Vec::new();
         for (datums, weight) in self.read(at, &key, &b)? {
             let branch = self.fork(&b, weight, modulus as usize)?;
@@ -737,11 +747,14 @@ impl<'a> Walk<'a> {
             } else {
                 Datum::Other
             }),
-            Expr::Numgen(0) => Err(at.inconsistent("numgen random mod 0")),
-            Expr::Numgen(n) => {
-                let weight = 1.0 / f64::from(*n);
-                Ok((0..*n)
-                    .map(|slot| (vec![Datum::Is(Value::Int(slot))], weight))
+            Expr::Numgen { modulus: 0, .. } => Err(at.inconsistent("numgen random mod 0")),
+            Expr::Numgen { modulus, offset } => {
+                let weight = 1.0 / f64::from(*modulus);
+                Ok((0..*modulus)
+                    .map(|slot| {
+                        let value = offset.wrapping_add(slot);
+                        (vec![Datum::Is(Value::Int(value))], weight)
+                    })
                     .collect())
             }
             Expr::Concat(parts) => {
@@ -871,7 +884,7 @@ fn key_types(expr: &Expr) -> Result<Vec<KeyType>, String> {
         Expr::Saddr | Expr::Daddr => one(KeyType::Addr),
         Expr::L4Proto => one(KeyType::Proto),
         Expr::ThDport | Expr::TcpDport => one(KeyType::Service),
-        Expr::Numgen(_) => one(KeyType::Slot),
+        Expr::Numgen { .. } => one(KeyType::Slot),
         Expr::Concat(parts) => {
             let mut out = Vec::with_capacity(parts.len());
             for part in parts {
@@ -918,7 +931,7 @@ fn compare(left: &Expr, datum: Datum, value: &Value, family: IpFamily) -> Result
         | (Expr::FibSaddrType | Expr::FibDaddrType, Value::Local)
         | (Expr::CtState, Value::New)
         | (Expr::CtStatus, Value::Dnat)
-        | (Expr::Numgen(_), Value::Int(_)) => true,
+        | (Expr::Numgen { .. }, Value::Int(_)) => true,
         _ => false,
     };
     if !sensible {
@@ -1026,6 +1039,7 @@ mod tests {
             key,
             interval: false,
             timeout: None,
+            size: None,
             protocol: None,
             comment: None,
         }
@@ -1389,15 +1403,19 @@ mod tests {
             not_in_set(Expr::Saddr, "pod-cidrs"),
             jump("mark-for-masquerade"),
         ]];
+        let mut d = decl(SetKind::Set, vec![KeyType::Addr, KeyType::Slot]);
+        d.timeout = Some(10800);
+        d.size = Some(1 << 20);
+        b.set("aff-STK", d);
         for (slot, (sep, endpoint)) in [("sep-A", "10.244.1.6:80"), ("sep-B", "10.244.1.7:80")]
             .into_iter()
             .enumerate()
         {
-            let aff = format!("{sep}-aff");
-            let mut d = decl(SetKind::Set, vec![KeyType::Addr]);
-            d.timeout = Some(10800);
-            b.set(&aff, d);
-            rules.push(vec![in_set(Expr::Saddr, &aff), goto(sep)]);
+            let id = 1000 + slot as u32;
+            rules.push(vec![
+                in_set(crate::render::affinity_key(id), "aff-STK"),
+                goto(sep),
+            ]);
             b.verdict(
                 "svc-STK-ep",
                 vec![Value::Int(slot as u32)],
@@ -1407,14 +1425,14 @@ mod tests {
                 sep,
                 vec![
                     vec![Stmt::Update {
-                        set: aff.clone(),
-                        key: Expr::Saddr,
+                        set: "aff-STK".into(),
+                        key: crate::render::affinity_key(id),
                     }],
                     vec![tcp(), Stmt::DnatTo(endpoint.parse().unwrap())],
                 ],
             );
         }
-        rules.push(vec![vmap(Expr::Numgen(2), "svc-STK-ep")]);
+        rules.push(vec![vmap(Expr::numgen(2), "svc-STK-ep")]);
         b.chain("svc-STK", rules);
 
         // gap
@@ -1723,7 +1741,7 @@ mod tests {
         b.set("svc-X-ep", decl(SetKind::VerdictMap, vec![KeyType::Slot]));
         b.verdict("svc-X-ep", vec![Value::Int(0)], V::Goto("mark-then".into()));
         b.verdict("svc-X-ep", vec![Value::Int(1)], V::Goto("plain".into()));
-        b.chain("svc-X", vec![vec![vmap(Expr::Numgen(2), "svc-X-ep")]]);
+        b.chain("svc-X", vec![vec![vmap(Expr::numgen(2), "svc-X-ep")]]);
         b.chain(
             "mark-then",
             vec![vec![jump("mark-for-masquerade")], vec![goto("plain")]],
@@ -1757,7 +1775,7 @@ mod tests {
         // An endpoint map used as a verdict map.
         let mut b = layout();
         b.endpoints_chain("svc-E", None, &["10.244.1.1:80", "10.244.1.2:80"]);
-        b.chain("svc-V", vec![vec![vmap(Expr::Numgen(2), "svc-E-ep")]]);
+        b.chain("svc-V", vec![vec![vmap(Expr::numgen(2), "svc-E-ep")]]);
         b.verdict(
             "service-ips",
             triple("10.96.0.10", 80),
@@ -1800,7 +1818,20 @@ mod tests {
     #[test]
     fn affinity_must_agree() {
         let mut table = fixture();
-        table.sets.get_mut("sep-B-aff").unwrap().decl.timeout = Some(60);
+        // sep-B also records its clients in a set of another timeout.
+        let mut other = table.sets["aff-STK"].clone();
+        other.decl.timeout = Some(60);
+        table.sets.insert("aff-OTHER".into(), other);
+        let update = Rule::new(vec![Stmt::Update {
+            set: "aff-OTHER".into(),
+            key: crate::render::affinity_key(7),
+        }]);
+        table
+            .chains
+            .get_mut("sep-B")
+            .unwrap()
+            .rules
+            .insert(0, update);
         match run(&tables(table), "10.244.9.9 10.96.0.60:80") {
             Err(TraceError::Inconsistent(m)) => assert!(m.contains("affinity"), "{m}"),
             other => panic!("{other:?}"),

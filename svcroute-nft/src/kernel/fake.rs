@@ -770,10 +770,12 @@ fn add_set(table: &mut Table, name: &str, decl: &SetDecl) -> Result<bool, String
     if decl.key.is_empty() {
         return Err(reject(Errno::Inval, "a set needs a key"));
     }
-    if decl.key.contains(&KeyType::Slot) && (decl.key.len() > 1 || decl.kind == SetKind::Set) {
+    let slot_map = decl.key == [KeyType::Slot] && decl.kind != SetKind::Set;
+    let affinity = decl.key == [KeyType::Addr, KeyType::Slot] && decl.kind == SetKind::Set;
+    if decl.key.contains(&KeyType::Slot) && !slot_map && !affinity {
         return Err(reject(
             Errno::Inval,
-            "a numgen slot key can only be the whole key of a map",
+            "a numgen integer key is the whole key of a map or follows an address in a set",
         ));
     }
     if decl.interval && decl.timeout.is_some() {
@@ -799,6 +801,7 @@ fn add_set(table: &mut Table, name: &str, decl: &SetDecl) -> Result<bool, String
                 && old.key == decl.key
                 && old.interval == decl.interval
                 && old.timeout == decl.timeout
+                && old.size == decl.size
             {
                 // The kernel keeps the old comment.
                 Ok(false)
@@ -974,7 +977,7 @@ fn expr_types(expr: &Expr) -> Option<Vec<KeyType>> {
         Expr::Saddr | Expr::Daddr => Some(vec![KeyType::Addr]),
         Expr::L4Proto => Some(vec![KeyType::Proto]),
         Expr::ThDport | Expr::TcpDport => Some(vec![KeyType::Service]),
-        Expr::Numgen(_) => Some(vec![KeyType::Slot]),
+        Expr::Numgen { .. } => Some(vec![KeyType::Slot]),
         Expr::Concat(parts) => {
             let mut out = Vec::new();
             for p in parts {
@@ -1076,7 +1079,7 @@ fn check_rule(family: IpFamily, table: &Table, rule: &Rule) -> Result<(), String
                     table,
                     map,
                     &[SetKind::EndpointMap],
-                    Some(&Expr::Numgen(*modulus)),
+                    Some(&Expr::numgen(*modulus)),
                 )?;
             }
             Stmt::Verdict(v) => {
@@ -1291,6 +1294,7 @@ mod tests {
             key,
             interval: false,
             timeout: None,
+            size: None,
             protocol: None,
             comment: None,
         }

@@ -307,18 +307,22 @@ const NETWORK_HEADER: u32 = 1;
 const TRANSPORT_HEADER: u32 = 2;
 
 fn payload(m: &mut Message, base: u32, offset: u32, len: u32) {
+    payload_into(m, REG_1, base, offset, len);
+}
+
+fn payload_into(m: &mut Message, dreg: u32, base: u32, offset: u32, len: u32) {
     begin_expr(m, "payload");
-    m.put_u32(1, REG_1); // NFTA_PAYLOAD_DREG
+    m.put_u32(1, dreg); // NFTA_PAYLOAD_DREG
     m.put_u32(2, base);
     m.put_u32(3, offset);
     m.put_u32(4, len);
     end_expr(m);
 }
 
-fn meta_l4proto(m: &mut Message) {
+fn meta_l4proto(m: &mut Message, dreg: u32) {
     begin_expr(m, "meta");
     m.put_u32(2, 16); // NFTA_META_KEY: NFT_META_L4PROTO
-    m.put_u32(1, REG_1); // NFTA_META_DREG
+    m.put_u32(1, dreg); // NFTA_META_DREG
     end_expr(m);
 }
 
@@ -353,12 +357,12 @@ fn lookup(m: &mut Message, set: &str, dreg: Option<u32>, negate: bool) {
     end_expr(m);
 }
 
-fn numgen(m: &mut Message, modulus: u32) {
+fn numgen(m: &mut Message, dreg: u32, modulus: u32, offset: u32) {
     begin_expr(m, "numgen");
-    m.put_u32(1, REG_1); // NFTA_NG_DREG
+    m.put_u32(1, dreg); // NFTA_NG_DREG
     m.put_u32(2, modulus);
     m.put_u32(3, 1); // NFT_NG_RANDOM
-    m.put_u32(4, 0); // offset
+    m.put_u32(4, offset);
     end_expr(m);
 }
 
@@ -381,23 +385,63 @@ fn dnat(m: &mut Message, family: IpFamily, proto_reg: u32, flags: Option<u32>) {
     end_expr(m);
 }
 
-/// Loads `expr` into register 1, as `nft` does for a match on it.
+/// Loads `expr` into register 1, as `nft` does for a match on it; a concatenation fills the
+/// 4-byte registers from there, each part rounded up to 4 bytes.
 fn load(m: &mut Message, family: IpFamily, expr: &Expr) -> Encoded {
+    match expr {
+        Expr::Concat(parts) => {
+            let mut at = 0;
+            for part in parts {
+                if matches!(part, Expr::Concat(_)) {
+                    return Err(Unsupported("nested concatenation"));
+                }
+                load_into(m, family, part, register(at))?;
+                at += length(family, part)?.div_ceil(4);
+            }
+            Ok(())
+        }
+        _ => load_into(m, family, expr, REG_1),
+    }
+}
+
+/// The register number nft sends for the 4-byte register `at` words after register 1: a
+/// 16-byte register (`NFT_REG_1`...) when it starts one, else `NFT_REG32_xx`.
+fn register(at: u32) -> u32 {
+    const REG32_00: u32 = 8;
+    if at.is_multiple_of(4) {
+        REG_1 + at / 4
+    } else {
+        REG32_00 + at
+    }
+}
+
+/// How many bytes `expr` loads.
+fn length(family: IpFamily, expr: &Expr) -> Result<u32, Unsupported> {
+    Ok(match expr {
+        Expr::Saddr | Expr::Daddr => addr_field(family, true).1,
+        Expr::ThDport => 2,
+        Expr::L4Proto => 1,
+        Expr::FibSaddrType | Expr::Numgen { .. } => 4,
+        _ => return Err(Unsupported("expression in a concatenation")),
+    })
+}
+
+fn load_into(m: &mut Message, family: IpFamily, expr: &Expr, dreg: u32) -> Encoded {
     match expr {
         Expr::Saddr | Expr::Daddr => {
             let (offset, len) = addr_field(family, matches!(expr, Expr::Saddr));
-            payload(m, NETWORK_HEADER, offset, len);
+            payload_into(m, dreg, NETWORK_HEADER, offset, len);
         }
-        Expr::ThDport => payload(m, TRANSPORT_HEADER, 2, 2),
-        Expr::L4Proto => meta_l4proto(m),
+        Expr::ThDport => payload_into(m, dreg, TRANSPORT_HEADER, 2, 2),
+        Expr::L4Proto => meta_l4proto(m, dreg),
         Expr::FibSaddrType => {
             begin_expr(m, "fib");
-            m.put_u32(1, REG_1); // NFTA_FIB_DREG
+            m.put_u32(1, dreg); // NFTA_FIB_DREG
             m.put_u32(2, 3); // NFT_FIB_RESULT_ADDRTYPE
             m.put_u32(3, 1); // NFTA_FIB_F_SADDR
             end_expr(m);
         }
-        Expr::Numgen(n) => numgen(m, *n),
+        Expr::Numgen { modulus, offset } => numgen(m, dreg, *modulus, *offset),
         _ => return Err(Unsupported("expression")),
     }
     Ok(())
@@ -461,7 +505,7 @@ fn put_stmt(m: &mut Message, family: IpFamily, stmt: &Stmt) -> Encoded {
             lookup(m, set, None, *negate);
         }
         Stmt::Vmap {
-            key: key @ Expr::Numgen(_),
+            key: key @ Expr::Numgen { .. },
             map,
         } => {
             load(m, family, key)?;
@@ -482,7 +526,7 @@ fn put_stmt(m: &mut Message, family: IpFamily, stmt: &Stmt) -> Encoded {
             dnat(m, family, REG_2, Some(2));
         }
         Stmt::DnatNumgen { modulus, map } => {
-            numgen(m, *modulus);
+            numgen(m, REG_1, *modulus, 0);
             lookup(m, map, Some(REG_1), false);
             // The map's data is `addr . port`: the port follows the address's register.
             let proto_reg = match family {

@@ -230,6 +230,7 @@ mod tests {
             key: vec![crate::ruleset::KeyType::Addr],
             interval,
             timeout: None,
+            size: None,
             protocol: None,
             comment: None,
         }
