@@ -16,7 +16,10 @@ pub struct Netns(pub String);
 impl Netns {
     /// Creates `name` (deleting a leftover of that name first). Panics without root.
     pub fn new(name: String) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         let ok = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
