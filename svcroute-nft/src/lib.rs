@@ -60,6 +60,7 @@ pub mod apply;
 pub mod json;
 pub mod kernel;
 pub mod names;
+mod parallel;
 pub mod render;
 pub mod ruleset;
 pub mod state;

@@ -87,14 +87,14 @@ pub struct PortNames {
 impl PortNames {
     /// The names of a service port's objects.
     pub fn new(name: &ServicePortName) -> Self {
-        let text = name.to_string();
+        let text = port_text(name);
         let hash = port_hash_of(&text, name);
         PortNames {
             display: comment(&text),
-            svc: format!("svc-{hash}"),
-            svl: format!("svl-{hash}"),
-            ext: format!("ext-{hash}"),
-            fw: format!("fw-{hash}"),
+            svc: ["svc-", &hash].concat(),
+            svl: ["svl-", &hash].concat(),
+            ext: ["ext-", &hash].concat(),
+            fw: ["fw-", &hash].concat(),
             text,
         }
     }
@@ -108,14 +108,32 @@ impl PortNames {
     }
 }
 
+/// `namespace/name:port` (`namespace/name` when the port is unnamed): the text of
+/// [`ServicePortName`]'s `Display`, built without the formatting machinery (it is made for
+/// every port of every full render).
+fn port_text(name: &ServicePortName) -> String {
+    let service = &name.service;
+    let mut text = String::with_capacity(
+        service.namespace.len() + service.name.len() + name.port_name.len() + 2,
+    );
+    text.push_str(&service.namespace);
+    text.push('/');
+    text.push_str(&service.name);
+    if !name.port_name.is_empty() {
+        text.push(':');
+        text.push_str(&name.port_name);
+    }
+    text
+}
+
 /// The endpoint map of an endpoint chain (`svc-H` → `svc-H-ep`).
 pub fn endpoint_map(chain: &str) -> String {
-    format!("{chain}-ep")
+    [chain, "-ep"].concat()
 }
 
 /// The affinity set of an endpoint chain (`sep-E` → `sep-E-aff`).
 pub fn affinity_set(sep: &str) -> String {
-    format!("{sep}-aff")
+    [sep, "-aff"].concat()
 }
 
 /// Text made safe inside an nft comment: nft's quoted strings have no usable escapes, so
@@ -163,6 +181,16 @@ mod tests {
         let b = names.sep(&name, &"[fd00::1]:80".parse().unwrap());
         assert_ne!(a, b);
         assert_eq!(affinity_set(&a), format!("{a}-aff"));
+    }
+
+    #[test]
+    fn port_text_is_the_display_text() {
+        for name in [
+            spn("kube-system", "kube-dns", "dns", Protocol::Udp),
+            spn("ns", "web", "", Protocol::Tcp),
+        ] {
+            assert_eq!(port_text(&name), name.to_string());
+        }
     }
 
     #[test]
