@@ -20,16 +20,16 @@ use svcroute_core::conntrack::stale_flows_per_family;
 use svcroute_core::dataplane::{ApplyReport, Capabilities, SyncKind};
 use svcroute_core::decide::Packet;
 use svcroute_core::model::{IpFamily, ProxyConfig};
-use svcroute_core::select::{ResolvedServicePort, ServicePortName};
+use svcroute_core::select::ResolvedServicePort;
 use svcroute_core::{ChangeSet, Dataplane, DataplaneError, Decision, Desired, TraceError};
 
 use crate::kernel::{Kernel, KernelError};
 use crate::names;
-use crate::render::{self, PortObjects};
 use crate::ruleset::Table;
-use crate::state::{FamilyState, PortChanges};
+use crate::state::{FamilyState, PortChanges, PortRun};
 use crate::trace;
 use crate::transaction::{Command, Transaction};
+use crate::{parallel, render};
 
 const BACKEND: &str = "nft";
 
@@ -95,43 +95,34 @@ fn kernel_error(operation: &str, e: KernelError) -> DataplaneError {
     }
 }
 
-/// The objects of every service port in `family`. Ports render independently, so large states
-/// render on every core (each thread takes a contiguous run of ports).
-fn render_ports(desired: &Desired, family: IpFamily) -> Vec<(ServicePortName, PortObjects)> {
-    const PORTS_PER_THREAD: usize = 1024;
+/// The objects of every service port in `family`, gathered for [`FamilyState::from_runs`].
+/// Ports render independently, so large states render on every core: threads take pieces
+/// of the ports as they go, and gather their objects while they are hot in their cache.
+fn render_ports(desired: &Desired, family: IpFamily) -> Vec<PortRun> {
+    const PORTS_PER_PIECE: usize = 512;
     let config = desired.config();
     let ports: Vec<&Arc<ResolvedServicePort>> = desired.ports().collect();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(ports.len().div_ceil(PORTS_PER_THREAD))
-        .max(1);
-    let render_run = |run: &[&Arc<ResolvedServicePort>]| -> Vec<_> {
-        run.iter()
-            .filter_map(|p| {
-                render::port_objects(config, p, family).map(|objects| (p.name.clone(), objects))
-            })
-            .collect()
-    };
-    if threads == 1 {
-        return render_run(&ports);
-    }
-    let chunk = ports.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = ports
-            .chunks(chunk)
-            .map(|run| scope.spawn(move || render_run(run)))
-            .collect();
-        // A panicking renderer is a bug; re-raise it rather than lose ports.
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    })
+    parallel::fold_pieces(
+        &ports,
+        PORTS_PER_PIECE,
+        PortRun::default,
+        |run, ports| {
+            for port in ports {
+                if let Some(objects) = render::port_objects(config, port, family) {
+                    run.push(port.name.clone(), objects);
+                }
+            }
+        },
+        |mut run| {
+            run.sort();
+            run
+        },
+    )
 }
 
 /// The full state of one family under `desired`.
 pub fn desired_state(desired: &Desired, family: IpFamily) -> FamilyState {
-    FamilyState::new(
+    FamilyState::from_runs(
         render::skeleton(desired.config(), family),
         render_ports(desired, family),
     )
@@ -202,13 +193,26 @@ impl Plan {
     }
 }
 
-/// The full state of every family `desired` handles.
+/// The full state of every family `desired` handles. Families are built at the same time:
+/// the smaller one fills the cores while the other one merges its runs.
 pub fn desired_states(desired: &Desired) -> BTreeMap<IpFamily, FamilyState> {
-    IpFamily::ALL
-        .iter()
-        .filter(|f| desired.config().handles(**f))
-        .map(|f| (*f, desired_state(desired, *f)))
-        .collect()
+    let families: Vec<IpFamily> = IpFamily::ALL
+        .into_iter()
+        .filter(|f| desired.config().handles(*f))
+        .collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = families
+            .iter()
+            .map(|f| (*f, scope.spawn(|| desired_state(desired, *f))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|(f, h)| {
+                // A panicking renderer is a bug; re-raise it rather than lose a family.
+                (f, h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            })
+            .collect()
+    })
 }
 
 /// The full transaction for `desired` (what `sync_full` writes), without running it.

@@ -367,11 +367,19 @@ fn key_values(decl: &SetDecl, v: &Json, family: IpFamily) -> Parse<ElemKey> {
             ));
         }
     };
-    decl.key
+    let values: Vec<Value> = decl
+        .key
         .iter()
         .zip(parts)
         .map(|(kt, part)| key_value(*kt, decl.interval, part, family))
-        .collect()
+        .collect::<Parse<_>>()?;
+    ElemKey::new(&values).ok_or_else(|| {
+        format!(
+            "key {} has more than {} components",
+            show(v),
+            ElemKey::MAX_LEN
+        )
+    })
 }
 
 /// One component of a key, read as its declared type. In interval sets addresses are
@@ -1529,9 +1537,9 @@ mod tests {
         assert_eq!(
             s.elements,
             BTreeMap::from([
-                (vec![net("10.1.2.3/32")], elem(Some("host"))),
-                (vec![net("10.96.0.0/12")], elem(None)),
-                (vec![net("10.0.0.0/8")], elem(Some("pods"))),
+                (ElemKey::from([net("10.1.2.3/32")]), elem(Some("host"))),
+                (ElemKey::from([net("10.96.0.0/12")]), elem(None)),
+                (ElemKey::from([net("10.0.0.0/8")]), elem(Some("pods"))),
             ])
         );
 
@@ -1542,7 +1550,10 @@ mod tests {
         .unwrap();
         assert_eq!(s.decl.key, vec![KeyType::Addr, KeyType::Addr]);
         let a = Value::Addr(ip("10.244.1.2"));
-        assert_eq!(s.elements, BTreeMap::from([(vec![a, a], elem(None))]));
+        assert_eq!(
+            s.elements,
+            BTreeMap::from([(ElemKey::from([a, a]), elem(None))])
+        );
 
         let s = set4(
             "set",
@@ -1550,10 +1561,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            s.elements.keys().cloned().collect::<Vec<_>>(),
+            s.elements.keys().copied().collect::<Vec<_>>(),
             vec![
-                vec![Value::Proto(Protocol::Tcp), Value::Port(31000)],
-                vec![Value::Proto(Protocol::Sctp), Value::Port(5)],
+                ElemKey::from([Value::Proto(Protocol::Tcp), Value::Port(31000)]),
+                ElemKey::from([Value::Proto(Protocol::Sctp), Value::Port(5)]),
             ]
         );
 
@@ -1578,11 +1589,14 @@ mod tests {
         let table = parse_table(&json, IpFamily::IPv6).unwrap().unwrap();
         assert_eq!(
             table.sets["s"].elements.keys().next(),
-            Some(&vec![Value::Addr(ip("fd00::1"))])
+            Some(&ElemKey::from([Value::Addr(ip("fd00::1"))]))
         );
         assert_eq!(
-            table.sets["i"].elements.keys().cloned().collect::<Vec<_>>(),
-            vec![vec![net("fd00::1/128")], vec![net("fd01::/64")]]
+            table.sets["i"].elements.keys().copied().collect::<Vec<_>>(),
+            vec![
+                ElemKey::from([net("fd00::1/128")]),
+                ElemKey::from([net("fd01::/64")])
+            ]
         );
     }
 
@@ -1625,7 +1639,9 @@ mod tests {
         .unwrap();
         assert_eq!(m.decl.kind, SetKind::VerdictMap);
         assert_eq!(m.decl.comment.as_deref(), Some("frontends"));
-        let key = |a: &str, p, port| vec![Value::Addr(ip(a)), Value::Proto(p), Value::Port(port)];
+        let key = |a: &str, p, port| {
+            ElemKey::from([Value::Addr(ip(a)), Value::Proto(p), Value::Port(port)])
+        };
         let verdict = |v| Element {
             value: Some(ElemValue::Verdict(v)),
             comment: None,
@@ -1663,14 +1679,14 @@ mod tests {
             m.elements,
             BTreeMap::from([
                 (
-                    vec![Value::Int(0)],
+                    ElemKey::from([Value::Int(0)]),
                     Element {
                         value: Some(ElemValue::Endpoint("10.244.1.2:8080".parse().unwrap())),
                         comment: None
                     }
                 ),
                 (
-                    vec![Value::Int(1)],
+                    ElemKey::from([Value::Int(1)]),
                     Element {
                         value: Some(ElemValue::Endpoint("10.244.1.3:8081".parse().unwrap())),
                         comment: Some("c".into())
@@ -1690,7 +1706,7 @@ mod tests {
         );
         let table = parse_table(&json, IpFamily::IPv6).unwrap().unwrap();
         assert_eq!(
-            table.sets["ep"].elements[&vec![Value::Int(0)]].value,
+            table.sets["ep"].elements[&ElemKey::from([Value::Int(0)])].value,
             Some(ElemValue::Endpoint("[fd00::2]:8080".parse().unwrap()))
         );
     }
@@ -1983,16 +1999,22 @@ mod tests {
             ),
             vec![
                 (
-                    vec![n("10.96.0.10/32", "fd00::10/128")],
+                    ElemKey::from([n("10.96.0.10/32", "fd00::10/128")]),
                     plain(Some("ns/web:http cluster IP")),
                 ),
-                (vec![n("10.96.1.0/24", "fd00:1::/64")], plain(None)),
+                (
+                    ElemKey::from([n("10.96.1.0/24", "fd00:1::/64")]),
+                    plain(None),
+                ),
             ],
         );
         set(
             "pod-cidrs",
             decl(SetKind::Set, vec![KeyType::Addr], true, None, None),
-            vec![(vec![n("10.244.0.0/16", "fd01::/48")], plain(None))],
+            vec![(
+                ElemKey::from([n("10.244.0.0/16", "fd01::/48")]),
+                plain(None),
+            )],
         );
         set(
             "hairpin",
@@ -2004,7 +2026,7 @@ mod tests {
                 None,
             ),
             vec![(
-                vec![addr("10.244.1.2", "fd01::2"), addr("10.244.1.2", "fd01::2")],
+                ElemKey::from([addr("10.244.1.2", "fd01::2"), addr("10.244.1.2", "fd01::2")]),
                 plain(Some("sep-AAAA")),
             )],
         );
@@ -2033,30 +2055,30 @@ mod tests {
             ),
             vec![
                 (
-                    vec![addr("10.96.0.10", "fd00::10"), tcp, Value::Port(80)],
+                    ElemKey::from([addr("10.96.0.10", "fd00::10"), tcp, Value::Port(80)]),
                     goes(
                         Verdict::Goto("svc-AAAA".into()),
                         Some("ns/web:http cluster IP"),
                     ),
                 ),
                 (
-                    vec![addr("10.96.0.11", "fd00::11"), udp, Value::Port(53)],
+                    ElemKey::from([addr("10.96.0.11", "fd00::11"), udp, Value::Port(53)]),
                     goes(Verdict::Jump("svc-BBBB".into()), None),
                 ),
                 (
-                    vec![addr("10.96.0.12", "fd00::12"), sctp, Value::Port(9)],
+                    ElemKey::from([addr("10.96.0.12", "fd00::12"), sctp, Value::Port(9)]),
                     goes(Verdict::Goto("fw-CCCC".into()), None),
                 ),
                 (
-                    vec![addr("10.96.0.13", "fd00::13"), tcp, Value::Port(1)],
+                    ElemKey::from([addr("10.96.0.13", "fd00::13"), tcp, Value::Port(1)]),
                     goes(Verdict::Drop, None),
                 ),
                 (
-                    vec![addr("10.96.0.14", "fd00::14"), tcp, Value::Port(2)],
+                    ElemKey::from([addr("10.96.0.14", "fd00::14"), tcp, Value::Port(2)]),
                     goes(Verdict::Accept, None),
                 ),
                 (
-                    vec![addr("10.96.0.15", "fd00::15"), tcp, Value::Port(3)],
+                    ElemKey::from([addr("10.96.0.15", "fd00::15"), tcp, Value::Port(3)]),
                     goes(Verdict::Return, None),
                 ),
             ],
@@ -2071,7 +2093,7 @@ mod tests {
                 None,
             ),
             vec![(
-                vec![tcp, Value::Port(31000)],
+                ElemKey::from([tcp, Value::Port(31000)]),
                 goes(Verdict::Goto("svc-AAAA".into()), None),
             )],
         );
@@ -2080,11 +2102,11 @@ mod tests {
             decl(SetKind::VerdictMap, vec![KeyType::Slot], false, None, None),
             vec![
                 (
-                    vec![Value::Int(0)],
+                    ElemKey::from([Value::Int(0)]),
                     goes(Verdict::Goto("sep-AAAA".into()), Some("slot 0")),
                 ),
                 (
-                    vec![Value::Int(1)],
+                    ElemKey::from([Value::Int(1)]),
                     goes(Verdict::Goto("svc-BBBB".into()), None),
                 ),
             ],
@@ -2100,10 +2122,13 @@ mod tests {
             ),
             vec![
                 (
-                    vec![Value::Int(0)],
+                    ElemKey::from([Value::Int(0)]),
                     ep("10.244.1.2", "fd01::2", 8080, Some("ns/db:sql endpoint")),
                 ),
-                (vec![Value::Int(1)], ep("10.244.2.3", "fd01::3", 5432, None)),
+                (
+                    ElemKey::from([Value::Int(1)]),
+                    ep("10.244.2.3", "fd01::3", 5432, None),
+                ),
             ],
         );
         t

@@ -81,6 +81,7 @@ pub mod apply;
 pub mod json;
 pub mod kernel;
 pub mod names;
+mod parallel;
 pub mod render;
 pub mod ruleset;
 pub mod slots;

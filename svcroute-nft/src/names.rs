@@ -89,7 +89,7 @@ pub struct PortNames {
 impl PortNames {
     /// The names of a service port's objects.
     pub fn new(name: &ServicePortName) -> Self {
-        let text = name.to_string();
+        let text = port_text(name);
         let hash = port_hash_of(&text, name);
         PortNames {
             display: comment(&text),
@@ -111,9 +111,27 @@ impl PortNames {
     }
 }
 
+/// `namespace/name:port` (`namespace/name` when the port is unnamed): the text of
+/// [`ServicePortName`]'s `Display`, built without the formatting machinery (it is made for
+/// every port of every full render).
+fn port_text(name: &ServicePortName) -> String {
+    let service = &name.service;
+    let mut text = String::with_capacity(
+        service.namespace.len() + service.name.len() + name.port_name.len() + 2,
+    );
+    text.push_str(&service.namespace);
+    text.push('/');
+    text.push_str(&service.name);
+    if !name.port_name.is_empty() {
+        text.push(':');
+        text.push_str(&name.port_name);
+    }
+    text
+}
+
 /// The endpoint map of an endpoint chain (`svc-H` → `svc-H-ep`).
 pub fn endpoint_map(chain: &str) -> String {
-    format!("{chain}-ep")
+    [chain, "-ep"].concat()
 }
 
 /// The ClientIP affinity ID an endpoint chain `sep-E` starts from: the first 31 bits of `E`
@@ -183,6 +201,16 @@ mod tests {
         assert_ne!(affinity_id(&a), affinity_id(&b));
         assert_eq!(affinity_id("sep-AAAAAAQ"), 1);
         assert_eq!(affinity_id("sep-7777777777777777"), 0x7fff_ffff);
+    }
+
+    #[test]
+    fn port_text_is_the_display_text() {
+        for name in [
+            spn("kube-system", "kube-dns", "dns", Protocol::Udp),
+            spn("ns", "web", "", Protocol::Tcp),
+        ] {
+            assert_eq!(port_text(&name), name.to_string());
+        }
     }
 
     #[test]

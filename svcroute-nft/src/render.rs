@@ -116,7 +116,7 @@ fn interval_set(comment: &str, nets: impl IntoIterator<Item = IpNet>) -> Set {
         },
         elements: nets
             .into_iter()
-            .map(|n| (vec![Value::Net(n.trunc())], Element::default()))
+            .map(|n| (ElemKey::from(Value::Net(n.trunc())), Element::default()))
             .collect(),
     }
 }
@@ -420,6 +420,19 @@ pub fn skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
     }
 }
 
+/// The elements of an endpoint map: slot `i` holds the `i`-th value.
+fn slots(values: impl Iterator<Item = ElemValue>) -> BTreeMap<ElemKey, Element> {
+    let mut elements = BTreeMap::new();
+    for (slot, value) in (0..).zip(values) {
+        let element = Element {
+            value: Some(value),
+            comment: None,
+        };
+        elements.insert(Value::Int(slot).into(), element);
+    }
+    elements
+}
+
 /// Builds one service port's objects in one family.
 struct PortRenderer<'a> {
     config: &'a ProxyConfig,
@@ -444,29 +457,29 @@ impl PortRenderer<'_> {
 
     /// A frontend-map element `ip . proto . port`, commented with the service port.
     fn frontend(&mut self, set: &'static str, ip: IpAddr, note: &str, verdict: Verdict) {
-        let key = vec![
+        let key = ElemKey::from([
             Value::Addr(ip),
             Value::Proto(self.protocol),
             Value::Port(self.port.port),
-        ];
+        ]);
         self.out.elements.push((
             set,
             key,
             Element {
                 value: Some(ElemValue::Verdict(verdict)),
-                comment: Some(format!("{} {note}", self.names.display)),
+                comment: Some([&self.names.display, " ", note].concat()),
             },
         ));
     }
 
     fn node_port(&mut self, set: &'static str, node_port: u16, verdict: Verdict) {
-        let key = vec![Value::Proto(self.protocol), Value::Port(node_port)];
+        let key = ElemKey::from([Value::Proto(self.protocol), Value::Port(node_port)]);
         self.out.elements.push((
             set,
             key,
             Element {
                 value: Some(ElemValue::Verdict(verdict)),
-                comment: Some(format!("{} node port", self.names.display)),
+                comment: Some([&self.names.display, " node port"].concat()),
             },
         ));
     }
@@ -530,7 +543,7 @@ impl PortRenderer<'_> {
     /// ClusterIP traffic; returns the endpoint chain it goes to, if any.
     fn internal(&mut self) -> Option<String> {
         let cluster_ip = self.fam.cluster_ip;
-        self.element(names::CLUSTER_IPS, vec![Value::Addr(cluster_ip)], None);
+        self.element(names::CLUSTER_IPS, Value::Addr(cluster_ip).into(), None);
         let policy = self.port.internal_traffic_policy;
         let target = match policy {
             TrafficPolicy::Cluster => self.names.svc.clone(),
@@ -628,7 +641,7 @@ impl PortRenderer<'_> {
             }
         }
         let ext = self.names.ext.clone();
-        self.chain(ext.clone(), format!("{display} external traffic"), rules);
+        self.chain(ext.clone(), [&display, " external traffic"].concat(), rules);
         for (ip, note) in frontends {
             self.frontend(names::SERVICE_IPS, ip, note, Verdict::Goto(ext.clone()));
         }
@@ -671,91 +684,59 @@ impl PortRenderer<'_> {
         internal: bool,
         ids: &BTreeMap<SocketAddr, u32>,
     ) {
-        let display = self.names.display.clone();
         let which = if chain == self.names.svc {
             "cluster"
         } else {
             "local"
         };
+        let comment = [&self.names.display, " ", which, " endpoints"].concat();
         let mut rules = Vec::new();
         if internal && let Some(r) = self.internal_masquerade() {
             rules.push(r);
         }
         let map = endpoint_map(chain);
         let n = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
-        let slots = (0..n).map(Value::Int);
-        let (kind, elements): (SetKind, Vec<(ElemKey, Element)>) =
-            if self.port.affinity_timeout.is_some() {
-                let seps: Vec<String> = endpoints
-                    .iter()
-                    .map(|e| self.names.sep(&self.port.name, e))
-                    .collect();
-                for (sep, e) in seps.iter().zip(endpoints) {
-                    rules.push(rule(vec![
-                        in_set(affinity_key(ids[e]), &self.names.aff),
-                        goto(sep),
-                    ]));
-                }
-                rules.push(rule(vec![Stmt::Vmap {
-                    key: Expr::numgen(n),
-                    map: map.clone(),
-                }]));
-                let elements = slots
-                    .zip(seps)
-                    .map(|(slot, sep)| {
-                        let value = ElemValue::Verdict(Verdict::Goto(sep));
-                        (
-                            vec![slot],
-                            Element {
-                                value: Some(value),
-                                comment: None,
-                            },
-                        )
-                    })
-                    .collect();
-                (SetKind::VerdictMap, elements)
-            } else {
+        let (kind, elements) = if self.port.affinity_timeout.is_some() {
+            let seps: Vec<String> = endpoints
+                .iter()
+                .map(|e| self.names.sep(&self.port.name, e))
+                .collect();
+            for (sep, e) in seps.iter().zip(endpoints) {
                 rules.push(rule(vec![
-                    self.l4proto(),
-                    Stmt::DnatNumgen {
-                        modulus: n,
-                        map: map.clone(),
-                    },
+                    in_set(affinity_key(ids[e]), &self.names.aff),
+                    goto(sep),
                 ]));
-                let elements = slots
-                    .zip(endpoints)
-                    .map(|(slot, e)| {
-                        let value = ElemValue::Endpoint(*e);
-                        (
-                            vec![slot],
-                            Element {
-                                value: Some(value),
-                                comment: None,
-                            },
-                        )
-                    })
-                    .collect();
-                (SetKind::EndpointMap, elements)
-            };
+            }
+            rules.push(rule(vec![Stmt::Vmap {
+                key: Expr::numgen(n),
+                map: map.clone(),
+            }]));
+            let targets = seps
+                .into_iter()
+                .map(|sep| ElemValue::Verdict(Verdict::Goto(sep)));
+            (SetKind::VerdictMap, slots(targets))
+        } else {
+            rules.push(rule(vec![
+                self.l4proto(),
+                Stmt::DnatNumgen {
+                    modulus: n,
+                    map: map.clone(),
+                },
+            ]));
+            let targets = endpoints.iter().map(|e| ElemValue::Endpoint(*e));
+            (SetKind::EndpointMap, slots(targets))
+        };
         self.out.sets.push((
             map,
             Set {
                 decl: SetDecl {
                     protocol: (kind == SetKind::EndpointMap).then_some(self.protocol),
-                    ..set_decl(
-                        kind,
-                        vec![KeyType::Slot],
-                        &format!("{display} {which} endpoints"),
-                    )
+                    ..set_decl(kind, vec![KeyType::Slot], &comment)
                 },
-                elements: elements.into_iter().collect(),
+                elements,
             },
         ));
-        self.chain(
-            chain.to_string(),
-            format!("{display} {which} endpoints"),
-            rules,
-        );
+        self.chain(chain.to_string(), comment, rules);
     }
 
     /// The chain of one endpoint of a service with session affinity: it records the client
@@ -789,11 +770,17 @@ impl PortRenderer<'_> {
     }
 
     fn render(mut self) -> PortObjects {
+        // Every element: ClusterIP, frontends, NodePorts, hairpin pairs, health check.
+        let frontends = self.fam.external_ips.len() + 2 * self.fam.load_balancer_ips.len();
+        let endpoints = self.fam.endpoints(TrafficPolicy::Cluster).len()
+            + self.fam.endpoints(TrafficPolicy::Local).len();
+        self.out.elements.reserve(4 + frontends + endpoints);
         self.firewall();
         let internal = self.internal();
-        let external = self.external();
-        let mut chains: BTreeSet<String> = internal.iter().cloned().collect();
-        chains.extend(external);
+        let mut chains = self.external();
+        chains.extend(internal.iter().cloned());
+        chains.sort_unstable();
+        chains.dedup();
         let fam = self.fam;
         let svc = self.names.svc.clone();
         let policy = |chain: &String| {
@@ -803,10 +790,12 @@ impl PortRenderer<'_> {
                 TrafficPolicy::Local
             }
         };
-        let reachable: BTreeSet<SocketAddr> = chains
-            .iter()
-            .flat_map(|chain| fam.endpoints(policy(chain)).iter().copied())
-            .collect();
+        let mut reachable: Vec<SocketAddr> = Vec::with_capacity(endpoints);
+        for chain in &chains {
+            reachable.extend_from_slice(fam.endpoints(policy(chain)));
+        }
+        reachable.sort_unstable();
+        reachable.dedup();
         let ids = match self.port.affinity_timeout {
             Some(_) => affinity_ids(reachable.iter().map(|e| {
                 let id = affinity_id(&self.names.sep(&self.port.name, e));
@@ -827,12 +816,18 @@ impl PortRenderer<'_> {
                 self.affinity_endpoint(e, *id);
             }
         }
-        let ips: BTreeSet<IpAddr> = reachable.iter().map(SocketAddr::ip).collect();
+        let mut ips: Vec<IpAddr> = reachable.iter().map(SocketAddr::ip).collect();
+        ips.sort_unstable();
+        ips.dedup();
         for ip in ips {
-            self.element(names::HAIRPIN, vec![Value::Addr(ip), Value::Addr(ip)], None);
+            self.element(
+                names::HAIRPIN,
+                [Value::Addr(ip), Value::Addr(ip)].into(),
+                None,
+            );
         }
         if let Some(hc) = self.port.health_check_node_port {
-            self.element(names::HEALTH_CHECK_PORTS, vec![Value::Port(hc)], None);
+            self.element(names::HEALTH_CHECK_PORTS, Value::Port(hc).into(), None);
         }
         self.out
     }

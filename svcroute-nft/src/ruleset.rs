@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::IpNet;
 use svcroute_core::model::{IpFamily, Protocol};
@@ -63,8 +63,9 @@ pub enum Expr {
     Concat(Vec<Expr>),
 }
 
-/// A constant: the right side of a match, a part of a set element.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A constant: the right side of a match, a part of a set element. Values of different kinds
+/// order as the kinds are listed here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Value {
     /// An address.
     Addr(IpAddr),
@@ -82,6 +83,50 @@ pub enum Value {
     New,
     /// `dnat` (a `ct status` bit).
     Dnat,
+}
+
+impl Value {
+    /// The position of its kind in the declaration.
+    fn rank(&self) -> u8 {
+        match self {
+            Value::Addr(_) => 0,
+            Value::Net(_) => 1,
+            Value::Proto(_) => 2,
+            Value::Port(_) => 3,
+            Value::Int(_) => 4,
+            Value::Local => 5,
+            Value::New => 6,
+            Value::Dnat => 7,
+        }
+    }
+}
+
+/// An address as a number, IPv4 first: the order of `IpAddr`, compared in one step (sorting
+/// element keys is a good part of building a large table).
+fn addr_rank(addr: &IpAddr) -> (bool, u128) {
+    match addr {
+        IpAddr::V4(v4) => (false, u128::from(u32::from(*v4))),
+        IpAddr::V6(v6) => (true, u128::from(*v6)),
+    }
+}
+
+impl Ord for Value {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (self, other) {
+            (Value::Addr(a), Value::Addr(b)) => addr_rank(a).cmp(&addr_rank(b)),
+            (Value::Net(a), Value::Net(b)) => a.cmp(b),
+            (Value::Proto(a), Value::Proto(b)) => a.cmp(b),
+            (Value::Port(a), Value::Port(b)) => a.cmp(b),
+            (Value::Int(a), Value::Int(b)) => a.cmp(b),
+            _ => self.rank().cmp(&other.rank()),
+        }
+    }
+}
+
+impl PartialOrd for Value {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// What a match compares against.
@@ -335,8 +380,115 @@ pub enum ElemValue {
     Endpoint(SocketAddr),
 }
 
-/// An element's key: one value per key component.
-pub type ElemKey = Vec<Value>;
+/// An element's key: one value per key component. Keys hold at most [`ElemKey::MAX_LEN`]
+/// components (`addr . proto . port`) and live inline: a table holds hundreds of thousands of
+/// them, and a heap allocation each made rendering slow.
+///
+/// Keys compare, hash and print as their slice of values ([`ElemKey::values`]).
+#[derive(Clone, Copy)]
+pub struct ElemKey {
+    len: u8,
+    values: [Value; ElemKey::MAX_LEN],
+}
+
+impl ElemKey {
+    /// The most components a key has.
+    pub const MAX_LEN: usize = 3;
+
+    /// A key of `values`; `None` when they are more than [`ElemKey::MAX_LEN`].
+    pub fn new(values: &[Value]) -> Option<Self> {
+        let mut key = ElemKey {
+            len: u8::try_from(values.len()).ok()?,
+            values: [Value::Int(0); ElemKey::MAX_LEN],
+        };
+        key.values.get_mut(..values.len())?.copy_from_slice(values);
+        Some(key)
+    }
+
+    /// The components, in order.
+    pub fn values(&self) -> &[Value] {
+        &self.values[..usize::from(self.len)]
+    }
+}
+
+impl From<Value> for ElemKey {
+    fn from(value: Value) -> Self {
+        ElemKey::from([value])
+    }
+}
+
+impl<const N: usize> From<[Value; N]> for ElemKey {
+    /// A key of `N` components; `N` over [`ElemKey::MAX_LEN`] does not compile.
+    fn from(values: [Value; N]) -> Self {
+        const {
+            assert!(
+                N <= ElemKey::MAX_LEN,
+                "an element key has at most 3 components"
+            )
+        };
+        let mut key = ElemKey {
+            len: N as u8,
+            values: [Value::Int(0); ElemKey::MAX_LEN],
+        };
+        key.values[..N].copy_from_slice(&values);
+        key
+    }
+}
+
+impl std::ops::Deref for ElemKey {
+    type Target = [Value];
+
+    fn deref(&self) -> &[Value] {
+        self.values()
+    }
+}
+
+impl std::borrow::Borrow<[Value]> for ElemKey {
+    fn borrow(&self) -> &[Value] {
+        self.values()
+    }
+}
+
+impl<'a> IntoIterator for &'a ElemKey {
+    type Item = &'a Value;
+    type IntoIter = std::slice::Iter<'a, Value>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.values().iter()
+    }
+}
+
+impl PartialEq for ElemKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.values() == other.values()
+    }
+}
+
+impl Eq for ElemKey {}
+
+impl PartialOrd for ElemKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ElemKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.values().cmp(other.values())
+    }
+}
+
+impl std::hash::Hash for ElemKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.values().hash(state);
+    }
+}
+
+impl fmt::Debug for ElemKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.values()).finish()
+    }
+}
 
 /// One element: its value (maps) and comment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -384,8 +536,128 @@ impl Table {
 // ---------------------------------------------------------------------------------------------
 // nft text
 
+/// nft text being written into a `String`: short pieces (words, numbers, addresses) gather
+/// on the stack and reach the string in one copy every few hundred bytes. Most of a full
+/// sync's text is such pieces; copying each on its own made most of the time of writing it.
+/// Flushes when dropped.
+pub(crate) struct TextOut<'a> {
+    out: &'a mut String,
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl<'a> TextOut<'a> {
+    /// Text appended to `out`.
+    pub(crate) fn new(out: &'a mut String) -> Self {
+        TextOut {
+            out,
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+
+    /// Appends `text`.
+    pub(crate) fn push_str(&mut self, text: &str) {
+        let bytes = text.as_bytes();
+        if self.len + bytes.len() > self.buf.len() {
+            self.flush();
+            if bytes.len() > self.buf.len() {
+                self.out.push_str(text);
+                return;
+            }
+        }
+        copy_short(&mut self.buf[self.len..], bytes);
+        self.len += bytes.len();
+    }
+
+    /// Appends `c`.
+    pub(crate) fn push(&mut self, c: char) {
+        if c.is_ascii() {
+            if self.len == self.buf.len() {
+                self.flush();
+            }
+            // An ASCII char is one byte.
+            self.buf[self.len] = c as u8;
+            self.len += 1;
+        } else {
+            self.push_str(c.encode_utf8(&mut [0; 4]));
+        }
+    }
+
+    /// Appends `n` in decimal.
+    pub(crate) fn u32(&mut self, n: u32) {
+        let digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
+        if self.len + digits > self.buf.len() {
+            self.flush();
+        }
+        let mut rest = n;
+        for d in self.buf[self.len..self.len + digits].iter_mut().rev() {
+            // rest % 10 < 10: the cast cannot truncate.
+            *d = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        self.len += digits;
+    }
+
+    /// Appends an IPv4 address as `a.b.c.d`.
+    pub(crate) fn ipv4(&mut self, addr: Ipv4Addr) {
+        for (i, octet) in addr.octets().into_iter().enumerate() {
+            if i > 0 {
+                self.push('.');
+            }
+            self.u32(u32::from(octet));
+        }
+    }
+
+    /// Copies the gathered pieces into the string.
+    pub(crate) fn flush(&mut self) {
+        // Only whole `str`s and ASCII are gathered: the bytes are always UTF-8.
+        match std::str::from_utf8(&self.buf[..self.len]) {
+            Ok(text) => self.out.push_str(text),
+            Err(_) => self
+                .out
+                .push_str(&String::from_utf8_lossy(&self.buf[..self.len])),
+        }
+        self.len = 0;
+    }
+}
+
+/// Copies `src` to the start of `dst`. Short pieces (most of them) are copied by two
+/// overlapping moves of a fixed size, which the compiler inlines, rather than by a call to
+/// `memcpy`, which cost more than the copy itself.
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    fn overlapping<const K: usize>(dst: &mut [u8], src: &[u8]) {
+        let n = src.len();
+        dst[..K].copy_from_slice(&src[..K]);
+        dst[n - K..n].copy_from_slice(&src[n - K..]);
+    }
+    match src.len() {
+        0 => {}
+        1 => dst[0] = src[0],
+        2..4 => overlapping::<2>(dst, src),
+        4..8 => overlapping::<4>(dst, src),
+        8..16 => overlapping::<8>(dst, src),
+        16..32 => overlapping::<16>(dst, src),
+        32..=64 => overlapping::<32>(dst, src),
+        n => dst[..n].copy_from_slice(src),
+    }
+}
+
+impl fmt::Write for TextOut<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push_str(s);
+        Ok(())
+    }
+}
+
+impl Drop for TextOut<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// `"text"` for a comment escaped already.
-fn quoted(out: &mut String, text: &str) {
+fn quoted(out: &mut TextOut<'_>, text: &str) {
     out.push('"');
     out.push_str(text);
     out.push('"');
@@ -407,13 +679,19 @@ impl Expr {
 
     /// Writes the expression as nft text for a rule of `family`.
     pub fn write(&self, family: IpFamily, out: &mut String) {
+        self.write_to(family, &mut TextOut::new(out));
+    }
+
+    fn write_to(&self, family: IpFamily, out: &mut TextOut<'_>) {
         let fam = family_name(family);
         match self {
             Expr::Saddr => {
-                let _ = write!(out, "{fam} saddr");
+                out.push_str(fam);
+                out.push_str(" saddr");
             }
             Expr::Daddr => {
-                let _ = write!(out, "{fam} daddr");
+                out.push_str(fam);
+                out.push_str(" daddr");
             }
             Expr::L4Proto => out.push_str("meta l4proto"),
             Expr::ThDport => out.push_str("th dport"),
@@ -426,9 +704,11 @@ impl Expr {
             Expr::CtState => out.push_str("ct state"),
             Expr::CtStatus => out.push_str("ct status"),
             Expr::Numgen { modulus, offset } => {
-                let _ = write!(out, "numgen random mod {modulus}");
+                out.push_str("numgen random mod ");
+                out.u32(*modulus);
                 if *offset != 0 {
-                    let _ = write!(out, " offset {offset}");
+                    out.push_str(" offset ");
+                    out.u32(*offset);
                 }
             }
             Expr::Concat(parts) => {
@@ -436,7 +716,7 @@ impl Expr {
                     if i > 0 {
                         out.push_str(" . ");
                     }
-                    p.write(family, out);
+                    p.write_to(family, out);
                 }
             }
         }
@@ -471,22 +751,62 @@ impl fmt::Display for Verdict {
 }
 
 /// `ip6 daddr` values of a socket address are printed `[addr]:port` in `dnat to`.
-fn write_endpoint(out: &mut String, e: &SocketAddr, dnat: bool) {
+fn write_endpoint(out: &mut TextOut<'_>, e: &SocketAddr, dnat: bool) {
     match (e, dnat) {
         (SocketAddr::V4(v4), _) => {
-            let _ = write!(
-                out,
-                "{}{}{}",
-                v4.ip(),
-                if dnat { ":" } else { " . " },
-                v4.port()
-            );
+            out.ipv4(*v4.ip());
+            out.push_str(if dnat { ":" } else { " . " });
         }
         (SocketAddr::V6(v6), true) => {
-            let _ = write!(out, "[{}]:{}", v6.ip(), v6.port());
+            let _ = write!(out, "[{}]:", v6.ip());
         }
         (SocketAddr::V6(v6), false) => {
-            let _ = write!(out, "{} . {}", v6.ip(), v6.port());
+            let _ = write!(out, "{} . ", v6.ip());
+        }
+    }
+    out.u32(u32::from(e.port()));
+}
+
+/// Writes an address as nft prints it (IPv6 in its shortest form).
+fn write_addr(out: &mut TextOut<'_>, addr: &IpAddr) {
+    match addr {
+        IpAddr::V4(v4) => out.ipv4(*v4),
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Writes a value as nft text (the same text as its `Display`, faster).
+fn write_value(out: &mut TextOut<'_>, value: &Value) {
+    match value {
+        Value::Addr(a) => write_addr(out, a),
+        Value::Net(n) => {
+            write_addr(out, &n.addr());
+            out.push('/');
+            out.u32(u32::from(n.prefix_len()));
+        }
+        Value::Port(p) => out.u32(u32::from(*p)),
+        Value::Int(i) => out.u32(*i),
+        Value::Proto(_) | Value::Local | Value::New | Value::Dnat => {
+            let _ = write!(out, "{value}");
+        }
+    }
+}
+
+/// Writes a verdict as nft text.
+fn write_verdict(out: &mut TextOut<'_>, verdict: &Verdict) {
+    match verdict {
+        Verdict::Accept => out.push_str("accept"),
+        Verdict::Drop => out.push_str("drop"),
+        Verdict::Return => out.push_str("return"),
+        Verdict::Jump(c) => {
+            out.push_str("jump ");
+            out.push_str(c);
+        }
+        Verdict::Goto(c) => {
+            out.push_str("goto ");
+            out.push_str(c);
         }
     }
 }
@@ -494,13 +814,17 @@ fn write_endpoint(out: &mut String, e: &SocketAddr, dnat: bool) {
 impl Stmt {
     /// Writes the statement as nft text for a rule of `family`.
     pub fn write(&self, family: IpFamily, out: &mut String) {
+        self.write_to(family, &mut TextOut::new(out));
+    }
+
+    fn write_to(&self, family: IpFamily, out: &mut TextOut<'_>) {
         match self {
             Stmt::Match {
                 left,
                 negate,
                 right,
             } => {
-                left.write(family, out);
+                left.write_to(family, out);
                 out.push(' ');
                 if *negate {
                     out.push_str("!= ");
@@ -508,9 +832,7 @@ impl Stmt {
                     out.push_str("== ");
                 }
                 match right {
-                    Operand::Value(v) => {
-                        let _ = write!(out, "{v}");
-                    }
+                    Operand::Value(v) => write_value(out, v),
                     Operand::Set(s) => {
                         out.push('@');
                         out.push_str(s);
@@ -518,8 +840,9 @@ impl Stmt {
                 }
             }
             Stmt::Vmap { key, map } => {
-                key.write(family, out);
-                let _ = write!(out, " vmap @{map}");
+                key.write_to(family, out);
+                out.push_str(" vmap @");
+                out.push_str(map);
             }
             Stmt::Mark(MarkOp::Or(bits)) => {
                 let _ = write!(out, "meta mark set meta mark | {bits:#x}");
@@ -529,7 +852,7 @@ impl Stmt {
             }
             Stmt::Update { set, key } => {
                 let _ = write!(out, "update @{set} {{ ");
-                key.write(family, out);
+                key.write_to(family, out);
                 out.push_str(" }");
             }
             Stmt::DnatTo(e) => {
@@ -537,17 +860,16 @@ impl Stmt {
                 write_endpoint(out, e, true);
             }
             Stmt::DnatNumgen { modulus, map } => {
-                let _ = write!(
-                    out,
-                    "dnat {} addr . port to numgen random mod {modulus} map @{map}",
-                    family_name(family)
-                );
+                out.push_str("dnat ");
+                out.push_str(family_name(family));
+                out.push_str(" addr . port to numgen random mod ");
+                out.u32(*modulus);
+                out.push_str(" map @");
+                out.push_str(map);
             }
             Stmt::Masquerade => out.push_str("masquerade fully-random"),
             Stmt::Reject => out.push_str("reject"),
-            Stmt::Verdict(v) => {
-                let _ = write!(out, "{v}");
-            }
+            Stmt::Verdict(v) => write_verdict(out, v),
         }
     }
 }
@@ -555,11 +877,15 @@ impl Stmt {
 impl Rule {
     /// Writes the rule as nft text (statements, then the comment).
     pub fn write(&self, family: IpFamily, out: &mut String) {
+        self.write_to(family, &mut TextOut::new(out));
+    }
+
+    pub(crate) fn write_to(&self, family: IpFamily, out: &mut TextOut<'_>) {
         for (i, s) in self.stmts.iter().enumerate() {
             if i > 0 {
                 out.push(' ');
             }
-            s.write(family, out);
+            s.write_to(family, out);
         }
         if let Some(c) = &self.comment {
             out.push_str(" comment ");
@@ -590,6 +916,10 @@ impl KeyType {
 impl SetDecl {
     /// The body of the declaration: `{ type ...; flags ...; timeout ...; comment "..."; }`.
     pub fn write_body(&self, family: IpFamily, out: &mut String) {
+        self.write_body_to(family, &mut TextOut::new(out));
+    }
+
+    pub(crate) fn write_body_to(&self, family: IpFamily, out: &mut TextOut<'_>) {
         out.push_str("{ ");
         if self.key.contains(&KeyType::Slot) {
             // numgen yields a plain integer: only `typeof` can declare such a key.
@@ -661,11 +991,15 @@ impl SetDecl {
 
 /// Writes one element: `KEY [comment "..."] [: VALUE]`.
 pub fn write_element(out: &mut String, key: &[Value], elem: &Element) {
+    write_element_to(&mut TextOut::new(out), key, elem);
+}
+
+pub(crate) fn write_element_to(out: &mut TextOut<'_>, key: &[Value], elem: &Element) {
     for (i, v) in key.iter().enumerate() {
         if i > 0 {
             out.push_str(" . ");
         }
-        let _ = write!(out, "{v}");
+        write_value(out, v);
     }
     if let Some(c) = &elem.comment {
         out.push_str(" comment ");
@@ -674,7 +1008,8 @@ pub fn write_element(out: &mut String, key: &[Value], elem: &Element) {
     match &elem.value {
         None => {}
         Some(ElemValue::Verdict(v)) => {
-            let _ = write!(out, " : {v}");
+            out.push_str(" : ");
+            write_verdict(out, v);
         }
         Some(ElemValue::Endpoint(e)) => {
             out.push_str(" : ");
@@ -686,6 +1021,10 @@ pub fn write_element(out: &mut String, key: &[Value], elem: &Element) {
 /// Writes a base chain's spec: `{ type filter hook input priority -1; policy accept; }`,
 /// with the comment of any chain.
 pub fn write_chain_spec(out: &mut String, chain: &Chain) {
+    write_chain_spec_to(&mut TextOut::new(out), chain);
+}
+
+pub(crate) fn write_chain_spec_to(out: &mut TextOut<'_>, chain: &Chain) {
     if chain.hook.is_none() && chain.comment.is_none() {
         return;
     }
@@ -809,5 +1148,83 @@ mod tests {
             },
         );
         assert_eq!(s, "0 : fd00::2 . 8080");
+    }
+
+    #[test]
+    fn values_order_by_kind_then_value() {
+        let v4 = |s: &str| Value::Addr(s.parse().unwrap());
+        let sorted = [
+            v4("9.255.255.255"),
+            v4("10.0.0.1"),
+            v4("10.0.0.2"),
+            v4("10.0.1.0"),
+            v4("::1"),
+            v4("fd00::1"),
+            Value::Net("10.0.0.0/8".parse().unwrap()),
+            Value::Net("10.0.0.0/16".parse().unwrap()),
+            Value::Net("fd00::/64".parse().unwrap()),
+            Value::Proto(Protocol::Tcp),
+            Value::Proto(Protocol::Udp),
+            Value::Port(80),
+            Value::Port(443),
+            Value::Int(0),
+            Value::Int(7),
+            Value::Local,
+            Value::New,
+            Value::Dnat,
+        ];
+        for (i, a) in sorted.iter().enumerate() {
+            for (j, b) in sorted.iter().enumerate() {
+                assert_eq!(a.cmp(b), i.cmp(&j), "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn element_keys_are_their_values() {
+        let a = ElemKey::from([Value::Proto(Protocol::Tcp), Value::Port(80)]);
+        let b = ElemKey::new(&[Value::Proto(Protocol::Tcp), Value::Port(443)]).unwrap();
+        assert_eq!(a.values(), [Value::Proto(Protocol::Tcp), Value::Port(80)]);
+        assert_eq!(a.len(), 2);
+        assert!(a < b);
+        // Ordered as their slices, whatever their length.
+        let short = ElemKey::from(Value::Proto(Protocol::Udp));
+        assert_eq!(
+            a.cmp(&short),
+            a.values().cmp(short.values()),
+            "{a:?} vs {short:?}"
+        );
+        assert_eq!(ElemKey::new(&[Value::Int(1); 4]), None);
+        assert_eq!(ElemKey::new(&[]).map(|k| k.len()), Some(0));
+        let map = BTreeMap::from([(a, ())]);
+        assert!(map.contains_key([Value::Proto(Protocol::Tcp), Value::Port(80)].as_slice()));
+    }
+
+    #[test]
+    fn text_out_writes_pieces_of_any_size() {
+        let mut expected = String::new();
+        let mut out = String::new();
+        {
+            let mut text = TextOut::new(&mut out);
+            for n in [0, 7, 9, 10, 99, 100, 65535, 4_000_000_000, u32::MAX] {
+                text.u32(n);
+                text.push(' ');
+                expected.push_str(&format!("{n} "));
+            }
+            text.ipv4(Ipv4Addr::new(10, 0, 255, 1));
+            expected.push_str("10.0.255.1");
+            for len in [
+                0, 1, 2, 3, 4, 7, 8, 15, 16, 31, 32, 33, 64, 65, 255, 256, 257, 1000,
+            ] {
+                let piece: String = (0..len)
+                    .map(|i| char::from(b'a' + (i % 26) as u8))
+                    .collect();
+                text.push_str(&piece);
+                expected.push_str(&piece);
+            }
+            text.push('é');
+            expected.push('é');
+        }
+        assert_eq!(out, expected);
     }
 }

@@ -81,7 +81,7 @@ fn close_holes<T>(slots: &mut Vec<Option<T>>) {
 fn numbered(elements: Vec<&Element>) -> BTreeMap<ElemKey, Element> {
     (0u32..)
         .zip(elements)
-        .map(|(slot, element)| (vec![Value::Int(slot)], element.clone()))
+        .map(|(slot, element)| (Value::Int(slot).into(), element.clone()))
         .collect()
 }
 
@@ -121,7 +121,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, (key, element))| {
-                assert_eq!(key, &vec![Value::Int(i as u32)], "dense slots");
+                assert_eq!(key, &ElemKey::from(Value::Int(i as u32)), "dense slots");
                 match element.value {
                     Some(ElemValue::Endpoint(e)) => match e.ip() {
                         std::net::IpAddr::V4(ip) => ip.octets()[3],

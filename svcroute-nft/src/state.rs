@@ -4,45 +4,221 @@
 //! of changed service ports makes: chains of unchanged ports are never mentioned, and maps and
 //! sets change element by element.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use svcroute_core::model::IpFamily;
 use svcroute_core::select::ServicePortName;
 
+use crate::parallel::join;
 use crate::render::{self, PortObjects};
-use crate::ruleset::{Chain, ElemKey, Element, Rule, SetKind, Table};
+use crate::ruleset::{Chain, ElemKey, Element, Rule, Set, SetKind, Table};
 use crate::slots;
 use crate::transaction::{Command, Transaction};
 
 /// Changed service ports and their new objects in one family (`None`: gone from it).
 pub type PortChanges = Vec<(ServicePortName, Option<PortObjects>)>;
 
-/// A key of a shared set or map.
-type SharedKey = (&'static str, ElemKey);
+/// A key of a shared set or map: the set, and the element's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct SharedKey {
+    set: &'static str,
+    key: ElemKey,
+}
 
-/// The elements service ports contribute for one shared key, sorted by port name.
-type Contributions = Vec<(Arc<ServicePortName>, Element)>;
-
-fn contribute(contributions: &mut Contributions, name: &Arc<ServicePortName>, element: Element) {
-    match contributions.binary_search_by(|(n, _)| (**n).cmp(&**name)) {
-        Ok(i) => contributions[i].1 = element,
-        Err(i) => contributions.insert(i, (name.clone(), element)),
+impl SharedKey {
+    fn new(set: &'static str, key: ElemKey) -> Self {
+        SharedKey { set, key }
     }
 }
 
-fn withdraw(contributions: &mut Contributions, name: &ServicePortName) {
-    contributions.retain(|(n, _)| **n != *name);
+/// One service port's element for a shared key.
+type Contribution = (Arc<ServicePortName>, Element);
+
+/// Adds (or replaces) `name`'s element in contributions sorted by port name.
+fn contribute(
+    contributions: &mut Vec<Contribution>,
+    name: &Arc<ServicePortName>,
+    element: Element,
+) {
+    match contributions.binary_search_by(|(n, _)| (**n).cmp(&**name)) {
+        Ok(i) => contributions[i].1 = element,
+        Err(i) => contributions.insert(i, (Arc::clone(name), element)),
+    }
 }
+
+/// The ports contributing one shared key, sorted by name. The first one's element is the
+/// programmed one and lives in the table only; the others' are kept here for when it goes.
+/// (Most keys have one contributor; endpoint IPs and ClusterIPs may have more.)
+#[derive(Debug, Clone)]
+struct Contributors {
+    first: Arc<ServicePortName>,
+    others: Vec<Contribution>,
+}
+
+/// The contributions to one shared set, gathered by a [`PortRun`].
+#[derive(Debug)]
+struct SharedBucket {
+    set: &'static str,
+    /// Each contribution's key and its index in `contributions`. Sorting these small pairs
+    /// rather than the contributions keeps the sort cheap; the index keeps equal keys in the
+    /// order their contributions came.
+    keys: Vec<(ElemKey, usize)>,
+    /// Taken when grouped by key.
+    contributions: Vec<Option<Contribution>>,
+}
+
+impl SharedBucket {
+    /// The bucket of `set` in `buckets` (created if needed).
+    fn of<'a>(buckets: &'a mut Vec<SharedBucket>, set: &'static str) -> &'a mut SharedBucket {
+        let i = match buckets.iter().position(|b| b.set == set) {
+            Some(i) => i,
+            None => {
+                buckets.push(SharedBucket {
+                    set,
+                    keys: Vec::new(),
+                    contributions: Vec::new(),
+                });
+                buckets.len() - 1
+            }
+        };
+        &mut buckets[i]
+    }
+
+    fn add(&mut self, key: ElemKey, name: &Arc<ServicePortName>, element: Element) {
+        self.keys.push((key, self.contributions.len()));
+        self.contributions.push(Some((Arc::clone(name), element)));
+    }
+
+    /// Appends the contributions of a later run of ports.
+    fn append(&mut self, other: SharedBucket) {
+        let offset = self.contributions.len();
+        self.keys
+            .extend(other.keys.into_iter().map(|(key, i)| (key, offset + i)));
+        self.contributions.extend(other.contributions);
+    }
+
+    /// Sorts the keys and groups their contributions.
+    fn group(mut self) -> Grouped {
+        // Stable: runs sorted already are merged.
+        self.keys.sort();
+        let mut programmed = Vec::with_capacity(self.keys.len());
+        let mut contributors = Vec::with_capacity(self.keys.len());
+        for run in self.keys.chunk_by(|a, b| a.0 == b.0) {
+            let key = run[0].0;
+            let mut all = run
+                .iter()
+                .filter_map(|(_, index)| self.contributions.get_mut(*index).and_then(Option::take));
+            let Some((first, element)) = all.next() else {
+                continue;
+            };
+            let Some(second) = all.next() else {
+                programmed.push((key, element));
+                let others = Vec::new();
+                contributors.push((key, Contributors { first, others }));
+                continue;
+            };
+            // Several: sorted by port name, a port's last element counting.
+            let mut sorted = vec![(first, element)];
+            for (name, other) in std::iter::once(second).chain(all) {
+                contribute(&mut sorted, &name, other);
+            }
+            let mut sorted = sorted.into_iter();
+            let Some((first, element)) = sorted.next() else {
+                continue;
+            };
+            programmed.push((key, element));
+            let others = sorted.collect();
+            contributors.push((key, Contributors { first, others }));
+        }
+        Grouped {
+            set: self.set,
+            programmed,
+            contributors,
+        }
+    }
+}
+
+/// The contributions to one shared set, grouped by key.
+struct Grouped {
+    set: &'static str,
+    /// The programmed element of every key, sorted by key.
+    programmed: Vec<(ElemKey, Element)>,
+    /// The contributors of every key, sorted by key.
+    contributors: Vec<(ElemKey, Contributors)>,
+}
+
+/// Service ports gathered for a [`FamilyState`]: render threads each gather theirs while the
+/// objects are hot in their cache, and sort them (sorted runs merge fast; see
+/// [`FamilyState::from_runs`]).
+#[derive(Debug, Default)]
+pub struct PortRun {
+    records: Vec<(Arc<ServicePortName>, PortRecord)>,
+    chains: Vec<(String, Chain)>,
+    sets: Vec<(String, Set)>,
+    buckets: Vec<SharedBucket>,
+}
+
+impl PortRun {
+    /// Adds a port's objects (port names are distinct across the runs of a state).
+    pub fn push(&mut self, name: ServicePortName, objects: PortObjects) {
+        let name = Arc::new(name);
+        self.records
+            .push((Arc::clone(&name), PortRecord::of(&objects)));
+        self.chains.extend(objects.chains);
+        self.sets.extend(objects.sets);
+        for (set, key, element) in objects.elements {
+            SharedBucket::of(&mut self.buckets, set).add(key, &name, element);
+        }
+    }
+
+    /// Appends another run: sorted runs stay sorted pieces, merged when the maps are built.
+    fn append(&mut self, other: PortRun) {
+        self.records.extend(other.records);
+        self.chains.extend(other.chains);
+        self.sets.extend(other.sets);
+        for bucket in other.buckets {
+            match self.buckets.iter_mut().find(|b| b.set == bucket.set) {
+                Some(mine) => mine.append(bucket),
+                None => self.buckets.push(bucket),
+            }
+        }
+    }
+
+    /// Sorts what was gathered.
+    pub fn sort(&mut self) {
+        self.chains.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.sets.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for bucket in &mut self.buckets {
+            bucket.keys.sort_unstable();
+        }
+    }
+}
+
+impl FromIterator<(ServicePortName, PortObjects)> for PortRun {
+    /// Gathers and sorts the objects of ports with distinct names.
+    fn from_iter<I: IntoIterator<Item = (ServicePortName, PortObjects)>>(ports: I) -> Self {
+        let mut run = PortRun::default();
+        for (name, objects) in ports {
+            run.push(name, objects);
+        }
+        run.sort();
+        run
+    }
+}
+
+/// States of this many ports or more are built on two threads.
+const PARALLEL_PORTS: usize = 1024;
 
 /// One family's programmed table and who contributed what.
 #[derive(Debug, Clone)]
 pub struct FamilyState {
-    table: Table,
+    /// Shared with the full transaction that writes it ([`Command::AddContents`]); the first
+    /// change after that transaction is gone modifies it in place.
+    table: Arc<Table>,
     ports: BTreeMap<Arc<ServicePortName>, PortRecord>,
-    /// Every service port's element per shared key, sorted by port name; the first is
-    /// programmed. (Most keys have one contributor; endpoint IPs and ClusterIPs may have more.)
-    shared: HashMap<SharedKey, Contributions>,
+    /// Who contributes each shared key, set by set (every shared set is in the skeleton).
+    shared: BTreeMap<&'static str, BTreeMap<ElemKey, Contributors>>,
 }
 
 /// What one service port owns: the names of its chains and sets (their bodies live in the
@@ -52,6 +228,18 @@ struct PortRecord {
     chains: Vec<String>,
     sets: Vec<String>,
     shared: Vec<SharedKey>,
+}
+
+impl PortRecord {
+    fn of(objects: &PortObjects) -> Self {
+        PortRecord {
+            chains: objects.chains.iter().map(|(n, _)| n.clone()).collect(),
+            sets: objects.sets.iter().map(|(n, _)| n.clone()).collect(),
+            shared: (objects.elements.iter())
+                .map(|(set, key, _)| SharedKey::new(set, *key))
+                .collect(),
+        }
+    }
 }
 
 /// The commands of an incremental sync, by phase: the kernel checks references at every
@@ -117,25 +305,85 @@ fn is_map(kind: SetKind) -> bool {
 }
 
 impl FamilyState {
-    /// The state holding `skeleton` and every port's objects.
+    /// The state holding `skeleton` and every port's objects (`ports` have distinct names).
     pub fn new(skeleton: Table, ports: Vec<(ServicePortName, PortObjects)>) -> Self {
-        let mut state = FamilyState {
-            table: skeleton,
-            ports: BTreeMap::new(),
-            shared: HashMap::new(),
-        };
-        for (name, objects) in ports {
-            state.insert(Arc::new(name), objects);
+        FamilyState::from_runs(skeleton, vec![ports.into_iter().collect()])
+    }
+
+    /// The state holding `skeleton` and the ports of `runs` (distinct names).
+    ///
+    /// The maps are built by merging the runs ([`PortRun::sort`]ed runs merge fastest), a
+    /// fraction of the cost of inserting their entries one by one (which made most of a full
+    /// render). Large states build the table's maps and the shared keys' on two threads.
+    pub fn from_runs(skeleton: Table, runs: Vec<PortRun>) -> Self {
+        // Into the first run: moving it would be the biggest copy.
+        let mut runs = runs.into_iter();
+        let mut all = runs.next().unwrap_or_default();
+        for run in runs {
+            all.append(run);
         }
-        // Every key is new: program them all in one pass.
-        for ((set, key), contributions) in &state.shared {
-            if let (Some(target), Some((_, element))) =
-                (state.table.sets.get_mut(*set), contributions.first())
-            {
-                target.elements.insert(key.clone(), element.clone());
+        let PortRun {
+            records,
+            mut chains,
+            mut sets,
+            buckets,
+        } = all;
+        let Table {
+            family,
+            comment,
+            chains: fixed_chains,
+            sets: fixed_sets,
+        } = skeleton;
+        chains.extend(fixed_chains);
+        sets.extend(fixed_sets);
+        let parallel = records.len() >= PARALLEL_PORTS;
+        let ((chains, sets, ports), grouped) = join(
+            parallel,
+            || {
+                let chains: BTreeMap<String, Chain> = BTreeMap::from_iter(chains);
+                let sets: BTreeMap<String, Set> = BTreeMap::from_iter(sets);
+                (chains, sets, BTreeMap::from_iter(records))
+            },
+            || {
+                buckets
+                    .into_iter()
+                    .map(SharedBucket::group)
+                    .collect::<Vec<_>>()
+            },
+        );
+        let (programmed, contributors): (Vec<_>, Vec<_>) = grouped
+            .into_iter()
+            .map(|g| ((g.set, g.programmed), (g.set, g.contributors)))
+            .unzip();
+        let (programmed, shared) = join(
+            parallel,
+            || {
+                let maps = programmed.into_iter();
+                maps.map(|(set, p)| (set, BTreeMap::from_iter(p)))
+                    .collect::<Vec<_>>()
+            },
+            || {
+                let maps = contributors.into_iter();
+                maps.map(|(set, c)| (set, BTreeMap::from_iter(c)))
+                    .collect::<BTreeMap<_, _>>()
+            },
+        );
+        let mut table = Table {
+            family,
+            comment,
+            chains,
+            sets,
+        };
+        for (set, mut elements) in programmed {
+            if let Some(target) = table.sets.get_mut(set) {
+                target.elements.append(&mut elements);
             }
         }
-        state
+        FamilyState {
+            table: Arc::new(table),
+            ports,
+            shared,
+        }
     }
 
     /// The table as programmed.
@@ -148,50 +396,17 @@ impl FamilyState {
         self.table.family
     }
 
-    /// Appends the commands writing this whole table from scratch (after its deletion).
+    /// Appends the commands writing this whole table from scratch (after its deletion): the
+    /// table, then its contents ([`Command::AddContents`], sharing the table).
     pub fn write_full(&self, tx: &mut Transaction) {
         let family = self.family();
-        let table = &self.table;
         tx.push(
             family,
             Command::AddTable {
-                comment: table.comment.clone(),
+                comment: self.table.comment.clone(),
             },
         );
-        // Chains exist (empty) before verdicts point at them; sets exist before rules use
-        // them; rules come last.
-        for (name, chain) in &table.chains {
-            tx.push(family, declare_chain(name, chain));
-        }
-        for (name, set) in &table.sets {
-            tx.push(
-                family,
-                Command::AddSet {
-                    name: name.clone(),
-                    decl: set.decl.clone(),
-                },
-            );
-            if !set.elements.is_empty() {
-                tx.push(
-                    family,
-                    Command::AddElements {
-                        set: name.clone(),
-                        elements: set
-                            .elements
-                            .iter()
-                            .map(|(k, e)| (k.clone(), e.clone()))
-                            .collect(),
-                    },
-                );
-            }
-        }
-        let mut rules = Vec::new();
-        for (name, chain) in &table.chains {
-            add_rules(&mut rules, name, chain);
-        }
-        for command in rules {
-            tx.push(family, command);
-        }
+        tx.push(family, Command::AddContents(Arc::clone(&self.table)));
     }
 
     /// Appends the commands that turn this table into the one where each port of `changes` has
@@ -206,44 +421,30 @@ impl FamilyState {
         }
         let mut phases = Phases::default();
         let (no_record, no_objects) = (PortRecord::default(), PortObjects::default());
-        let mut new_shared: BTreeMap<SharedKey, Contributions> = BTreeMap::new();
         for (name, new) in changes.iter() {
             let old = self.ports.get(name).unwrap_or(&no_record);
             let new = new.as_ref().unwrap_or(&no_objects);
             let redeclared = self.redeclared_sets(old, new);
             self.plan_chains(old, new, &redeclared, &mut phases);
             self.plan_sets(old, new, &mut phases);
-            let new_keys = new.elements.iter().map(|(set, key, _)| (*set, key.clone()));
-            for shared_key in old.shared.iter().cloned().chain(new_keys) {
-                new_shared
-                    .entry(shared_key.clone())
-                    .or_insert_with(|| self.shared.get(&shared_key).cloned().unwrap_or_default())
-                    .retain(|(n, _)| **n != *name);
-            }
-            let arc = Arc::new(name.clone());
-            for (set, key, element) in &new.elements {
-                if let Some(contributions) = new_shared.get_mut(&(*set, key.clone())) {
-                    contribute(contributions, &arc, element.clone());
-                }
-            }
         }
-        for (key, contributions) in &new_shared {
-            let before = self.programmed(key);
+        for (shared_key, contributions) in &self.changed_shared(changes) {
+            let before = self.programmed(shared_key);
             let after = contributions.first().map(|(_, e)| e);
             if before == after {
                 continue;
             }
-            let (set, elem_key) = key;
+            let SharedKey { set, key } = *shared_key;
             if before.is_some() {
                 phases.delete_shared.push(Command::DeleteElements {
                     set: set.to_string(),
-                    keys: vec![elem_key.clone()],
+                    keys: vec![key],
                 });
             }
             if let Some(element) = after {
                 phases.add_shared.push(Command::AddElements {
                     set: set.to_string(),
-                    elements: vec![(elem_key.clone(), element.clone())],
+                    elements: vec![(key, element.clone())],
                 });
             }
         }
@@ -293,6 +494,57 @@ impl FamilyState {
         render::renumber_affinity(objects, &ids);
     }
 
+    /// Every contribution, sorted by port name, to each shared key a port of `changes`
+    /// contributes to before or after the changes, as it is after them (empty: none left).
+    fn changed_shared(&self, changes: &PortChanges) -> BTreeMap<SharedKey, Vec<Contribution>> {
+        let mut out: BTreeMap<SharedKey, Vec<Contribution>> = BTreeMap::new();
+        let no_record = PortRecord::default();
+        for (name, new) in changes {
+            let old = self.ports.get(name).unwrap_or(&no_record);
+            let new_elements = new.iter().flat_map(|objects| &objects.elements);
+            let new_keys = new_elements
+                .clone()
+                .map(|(set, key, _)| SharedKey::new(set, *key));
+            for shared_key in old.shared.iter().copied().chain(new_keys) {
+                out.entry(shared_key)
+                    .or_insert_with(|| self.contributions(&shared_key))
+                    .retain(|(n, _)| **n != *name);
+            }
+            let arc = Arc::new(name.clone());
+            for (set, key, element) in new_elements {
+                if let Some(contributions) = out.get_mut(&SharedKey::new(set, *key)) {
+                    contribute(contributions, &arc, element.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Every contribution to a shared key, sorted by port name.
+    fn contributions(&self, shared_key: &SharedKey) -> Vec<Contribution> {
+        let Some(contributors) = self.contributors(shared_key) else {
+            return Vec::new();
+        };
+        let first = self
+            .programmed(shared_key)
+            .map(|element| (Arc::clone(&contributors.first), element.clone()));
+        first
+            .into_iter()
+            .chain(contributors.others.iter().cloned())
+            .collect()
+    }
+
+    fn contributors(&self, shared_key: &SharedKey) -> Option<&Contributors> {
+        self.shared.get(shared_key.set)?.get(&shared_key.key)
+    }
+
+    /// The programmed element of a shared key (its first contributor's).
+    fn programmed(&self, shared_key: &SharedKey) -> Option<&Element> {
+        self.contributors(shared_key)?;
+        let set = self.table.sets.get(shared_key.set)?;
+        set.elements.get(&shared_key.key)
+    }
+
     /// The port's sets whose declaration changes (they are deleted and created again).
     fn redeclared_sets<'a>(&self, old: &'a PortRecord, new: &PortObjects) -> BTreeSet<&'a str> {
         old.sets
@@ -305,10 +557,6 @@ impl FamilyState {
             })
             .map(String::as_str)
             .collect()
-    }
-
-    fn programmed(&self, key: &SharedKey) -> Option<&Element> {
-        self.shared.get(key).and_then(|c| c.first()).map(|(_, e)| e)
     }
 
     /// Chains whose rules changed, or that use a set declared anew (deleting it needs the
@@ -368,11 +616,7 @@ impl FamilyState {
                 if !set.elements.is_empty() {
                     phases.owned_elements.push(Command::AddElements {
                         set: name.clone(),
-                        elements: set
-                            .elements
-                            .iter()
-                            .map(|(k, e)| (k.clone(), e.clone()))
-                            .collect(),
+                        elements: set.elements.iter().map(|(k, e)| (*k, e.clone())).collect(),
                     });
                 }
             };
@@ -390,13 +634,13 @@ impl FamilyState {
                         .elements
                         .iter()
                         .filter(|(k, e)| set.elements.get(*k) != Some(*e))
-                        .map(|(k, _)| k.clone())
+                        .map(|(k, _)| *k)
                         .collect();
                     let added: Vec<(ElemKey, Element)> = set
                         .elements
                         .iter()
                         .filter(|(k, e)| previous.elements.get(*k) != Some(*e))
-                        .map(|(k, e)| (k.clone(), e.clone()))
+                        .map(|(k, e)| (*k, e.clone()))
                         .collect();
                     if !gone.is_empty() {
                         phases.owned_elements.push(Command::DeleteElements {
@@ -423,80 +667,50 @@ impl FamilyState {
 
     /// Records that the kernel now holds the result of [`FamilyState::plan`] for `changes`.
     pub fn commit(&mut self, changes: PortChanges) {
-        let mut touched = Vec::new();
+        let shared = self.changed_shared(&changes);
+        let table = Arc::make_mut(&mut self.table);
         for (name, new) in changes {
-            self.remove(&name, &mut touched);
-            if let Some(objects) = new {
-                touched.extend(self.insert(Arc::new(name), objects).iter().cloned());
+            if let Some(old) = self.ports.remove(&name) {
+                for chain in &old.chains {
+                    table.chains.remove(chain);
+                }
+                for set in &old.sets {
+                    table.sets.remove(set);
+                }
             }
+            let Some(objects) = new else {
+                continue;
+            };
+            let record = PortRecord::of(&objects);
+            table.chains.extend(objects.chains);
+            table.sets.extend(objects.sets);
+            self.ports.insert(Arc::new(name), record);
         }
-        touched.sort();
-        touched.dedup();
-        self.program_shared(touched);
-    }
-
-    fn remove(&mut self, name: &ServicePortName, touched: &mut Vec<SharedKey>) {
-        let Some(old) = self.ports.remove(name) else {
-            return;
-        };
-        for chain in &old.chains {
-            self.table.chains.remove(chain);
-        }
-        for set in &old.sets {
-            self.table.sets.remove(set);
-        }
-        for shared_key in old.shared {
-            if let Some(contributions) = self.shared.get_mut(&shared_key) {
-                withdraw(contributions, name);
-            }
-            touched.push(shared_key);
+        for (shared_key, contributions) in shared {
+            self.store(shared_key, contributions);
         }
     }
 
-    /// Records a port's objects; returns the shared keys it contributes to.
-    fn insert(&mut self, name: Arc<ServicePortName>, objects: PortObjects) -> &[SharedKey] {
-        let mut record = PortRecord::default();
-        for (chain, body) in objects.chains {
-            record.chains.push(chain.clone());
-            self.table.chains.insert(chain, body);
-        }
-        for (set, body) in objects.sets {
-            record.sets.push(set.clone());
-            self.table.sets.insert(set, body);
-        }
-        for (set, key, element) in objects.elements {
-            let shared_key = (set, key);
-            contribute(
-                self.shared.entry(shared_key.clone()).or_default(),
-                &name,
-                element,
-            );
-            record.shared.push(shared_key);
-        }
-        &self
-            .ports
-            .entry(name)
-            .insert_entry(record)
-            .into_mut()
-            .shared
-    }
-
-    /// Writes the programmed element of every touched shared key into the table.
-    fn program_shared(&mut self, touched: Vec<SharedKey>) {
-        for key in touched {
-            let element = self.programmed(&key).cloned();
-            if element.is_none() {
-                self.shared.remove(&key);
+    /// Records the contributions to a shared key: the first one's element is programmed.
+    fn store(&mut self, shared_key: SharedKey, contributions: Vec<Contribution>) {
+        let table = Arc::make_mut(&mut self.table);
+        let target = table.sets.get_mut(shared_key.set);
+        let mut contributions = contributions.into_iter();
+        match contributions.next() {
+            Some((first, element)) => {
+                if let Some(target) = target {
+                    target.elements.insert(shared_key.key, element);
+                }
+                let others = contributions.collect();
+                (self.shared.entry(shared_key.set).or_default())
+                    .insert(shared_key.key, Contributors { first, others });
             }
-            let (set, elem_key) = key;
-            if let Some(target) = self.table.sets.get_mut(set) {
-                match element {
-                    Some(e) => {
-                        target.elements.insert(elem_key, e);
-                    }
-                    None => {
-                        target.elements.remove(&elem_key);
-                    }
+            None => {
+                if let Some(target) = target {
+                    target.elements.remove(&shared_key.key);
+                }
+                if let Some(set) = self.shared.get_mut(shared_key.set) {
+                    set.remove(&shared_key.key);
                 }
             }
         }
@@ -636,7 +850,7 @@ mod tests {
                 value: Some(self.value(i)),
                 comment: None,
             };
-            (vec![Value::Int(slot)], element)
+            (Value::Int(slot).into(), element)
         }
 
         /// The endpoints of the endpoint map in slot order (none without the map); checks
@@ -648,7 +862,7 @@ mod tests {
             (0u32..)
                 .zip(&set.elements)
                 .map(|(slot, (key, element))| {
-                    assert_eq!(key, &vec![Value::Int(slot)], "slots are dense");
+                    assert_eq!(key, &ElemKey::from(Value::Int(slot)), "slots are dense");
                     (0..=u8::MAX)
                         .find(|i| element.value.as_ref() == Some(&self.value(*i)))
                         .unwrap()
@@ -675,7 +889,7 @@ mod tests {
         fn delete(&self, slots: &[u32]) -> Command {
             Command::DeleteElements {
                 set: self.map(),
-                keys: slots.iter().map(|s| vec![Value::Int(*s)]).collect(),
+                keys: slots.iter().map(|s| Value::Int(*s).into()).collect(),
             }
         }
 

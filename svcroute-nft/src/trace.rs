@@ -829,7 +829,7 @@ impl<'a> Walk<'a> {
         let Some(exact) = exact else {
             return Ok(None);
         };
-        if let Some(element) = set.elements.get(&exact) {
+        if let Some(element) = set.elements.get(exact.as_slice()) {
             return Ok(Some(element));
         }
         if !set.decl.interval {
@@ -946,7 +946,7 @@ fn compare(left: &Expr, datum: Datum, value: &Value, family: IpFamily) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ruleset::{SetDecl, Verdict as V};
+    use crate::ruleset::{ElemKey, SetDecl, Verdict as V};
     use svcroute_core::decide::WeightedEndpoint;
 
     // -----------------------------------------------------------------------------------------
@@ -1095,7 +1095,7 @@ mod tests {
 
         fn elem(&mut self, set: &str, key: Vec<Value>, value: Option<ElemValue>) {
             self.table.sets.get_mut(set).unwrap().elements.insert(
-                key,
+                ElemKey::new(&key).unwrap(),
                 Element {
                     value,
                     comment: None,
@@ -1448,7 +1448,7 @@ mod tests {
             .get_mut("svc-GAP-ep")
             .unwrap()
             .elements
-            .remove(&vec![Value::Int(1)]);
+            .remove(&ElemKey::from([Value::Int(1)]));
         b.table
             .chains
             .get_mut("svc-GAP")

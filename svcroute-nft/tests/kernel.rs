@@ -23,7 +23,7 @@ use svcroute_core::decide::Verdict;
 use svcroute_core::model::{IpFamily, Protocol};
 use svcroute_core::watch::WatchEvent;
 use svcroute_nft::names;
-use svcroute_nft::ruleset::{ElemValue, Value, Verdict as NftVerdict, family_name};
+use svcroute_nft::ruleset::{ElemKey, ElemValue, Value, Verdict as NftVerdict, family_name};
 use svcroute_testbed::{
     ALL, LOCAL, LiveProxy as _, NODE_NAME, Reply, Request, SERVER_PORT, SHORT, Topology,
     endpoint_slice, service, tcp, udp,
@@ -426,10 +426,10 @@ fn endpoints_keep_their_slots() {
         table.sets[&map]
             .elements
             .iter()
-            .map(|(slot, element)| (slot.clone(), element.value.clone()))
+            .map(|(slot, element)| (*slot, element.value.clone()))
             .collect::<Vec<_>>()
     };
-    let slot = |i: u32| vec![Value::Int(i)];
+    let slot = |i: u32| svcroute_nft::ruleset::ElemKey::from(Value::Int(i));
     assert_eq!(
         web_slots(),
         [
@@ -637,9 +637,9 @@ fn a_restart_adopts_the_existing_tables() {
     assert!(restarted.dataplane().verify().is_ok());
     let cips = &topo.our_table(V4).expect("our table").sets[names::CLUSTER_IPS];
     assert!(
-        !cips
-            .elements
-            .contains_key(&vec![Value::Addr("10.96.99.99".parse().expect("IP"))]),
+        !cips.elements.contains_key(&ElemKey::from([Value::Addr(
+            "10.96.99.99".parse().expect("IP")
+        )])),
         "the foreign element survived the restart"
     );
     let client = topo.pod("client");
@@ -673,11 +673,11 @@ fn a_restart_adopts_the_existing_tables() {
 /// The chain the ClusterIP frontend `ip:port/TCP` goes to, as the kernel's table says.
 fn frontend_chain(topo: &Topology, family: IpFamily, ip: &str, port: u16) -> String {
     let table = topo.our_table(family).expect("our table");
-    let key = vec![
+    let key = ElemKey::from([
         Value::Addr(ip.parse().expect("IP literal")),
         Value::Proto(TCP),
         Value::Port(port),
-    ];
+    ]);
     match table.sets[names::SERVICE_IPS].elements.get(&key) {
         Some(element) => match &element.value {
             Some(ElemValue::Verdict(NftVerdict::Goto(chain))) => chain.clone(),
@@ -746,9 +746,9 @@ fn a_failed_sync_changes_nothing_and_the_next_sync_repairs() {
     );
     let cips = &topo.our_table(V6).expect("our table").sets[names::CLUSTER_IPS];
     assert!(
-        !cips
-            .elements
-            .contains_key(&vec![Value::Addr("fd00:96::12".parse().expect("IP"))]),
+        !cips.elements.contains_key(&ElemKey::from([Value::Addr(
+            "fd00:96::12".parse().expect("IP")
+        )])),
         "half of the failed transaction is in the kernel"
     );
 

@@ -60,7 +60,7 @@ use crate::ruleset::{
     BaseHook, Chain, ChainType, ElemKey, ElemValue, Element, Expr, Hook, KeyType, Operand, Rule,
     SetDecl, SetKind, Stmt, Table, Value, family_name,
 };
-use crate::transaction::{Command, Transaction};
+use crate::transaction::{Command, Transaction, contents_commands};
 
 /// Transactions kept by the log at most (the oldest go first).
 const LOG_ENTRIES: usize = 256;
@@ -324,6 +324,7 @@ fn describe(family: IpFamily, table: &str, command: &Command) -> String {
         }
         Command::AddElements { set, .. } => format!("add element {fam} {table} {set}"),
         Command::DeleteElements { set, .. } => format!("delete element {fam} {table} {set}"),
+        Command::AddContents(_) => format!("add contents of table {fam} {table}"),
     }
 }
 
@@ -523,7 +524,7 @@ fn apply_all(
             undo: Vec::new(),
             validate: false,
         });
-        apply(w, *family, command).map_err(|why| {
+        apply(w, *family, &tx.table, command).map_err(|why| {
             format!(
                 "command {} ({}): {why}",
                 i + 1,
@@ -546,7 +547,20 @@ fn apply_all(
 }
 
 /// Applies one command to a family's table, recording how to take it back.
-fn apply(work: &mut Working, family: IpFamily, command: &Command) -> Result<(), String> {
+fn apply(
+    work: &mut Working,
+    family: IpFamily,
+    table_name: &str,
+    command: &Command,
+) -> Result<(), String> {
+    if let Command::AddContents(contents) = command {
+        // What the text says: one command after the other.
+        for inner in contents_commands(contents) {
+            apply(work, family, table_name, &inner)
+                .map_err(|why| format!("{}: {why}", describe(family, table_name, &inner)))?;
+        }
+        return Ok(());
+    }
     let Working {
         stored,
         undo,
@@ -578,7 +592,7 @@ fn apply(work: &mut Working, family: IpFamily, command: &Command) -> Result<(), 
         .as_mut()
         .ok_or_else(|| reject(Errno::NoEnt, "table does not exist"))?;
     match command {
-        Command::AddTable { .. } | Command::DeleteTable => {}
+        Command::AddTable { .. } | Command::DeleteTable | Command::AddContents(_) => {}
         Command::AddChain { name, chain } => {
             if add_chain(table, name, chain)? {
                 undo.push(Undo::ChainAdded(name.clone()));
@@ -694,7 +708,7 @@ fn apply(work: &mut Working, family: IpFamily, command: &Command) -> Result<(), 
                     *validate = true;
                 }
                 count_element(chain_refs, elem, true);
-                target.elements.insert(key.clone(), elem.clone());
+                target.elements.insert(key, elem.clone());
                 undo.push(Undo::ElementAdded(set.clone(), key));
             }
         }
@@ -704,7 +718,7 @@ fn apply(work: &mut Working, family: IpFamily, command: &Command) -> Result<(), 
                 .get_mut(set)
                 .ok_or_else(|| reject(Errno::NoEnt, format!("set {set} does not exist")))?;
             for key in keys {
-                let normal = check_key(family, &target.decl, key).unwrap_or_else(|_| key.clone());
+                let normal = check_key(family, &target.decl, key).unwrap_or(*key);
                 let removed = target.elements.remove(&normal).ok_or_else(|| {
                     reject(
                         Errno::NoEnt,
@@ -930,7 +944,12 @@ fn check_key(family: IpFamily, decl: &SetDecl, key: &[Value]) -> Result<ElemKey,
         };
         out.push(normal);
     }
-    Ok(out)
+    ElemKey::new(&out).ok_or_else(|| {
+        reject(
+            Errno::Inval,
+            format!("key has {} components, at most 3 are supported", out.len()),
+        )
+    })
 }
 
 /// Checks an element's value against the kind of its set.
@@ -1100,7 +1119,7 @@ fn overlapping<'a>(elements: &'a BTreeMap<ElemKey, Element>, key: &[Value]) -> O
         return None;
     };
     let range = addr_range(value)?;
-    elements.keys().find(|other| match other.as_slice() {
+    elements.keys().find(|other| match other.values() {
         [o] => addr_range(o).is_some_and(|r| r.0 <= range.1 && range.0 <= r.1),
         _ => false,
     })
@@ -1330,7 +1349,7 @@ mod tests {
     }
 
     fn service(ip: &str, port: u16) -> ElemKey {
-        vec![addr(ip), Value::Proto(Protocol::Tcp), Value::Port(port)]
+        ElemKey::from([addr(ip), Value::Proto(Protocol::Tcp), Value::Port(port)])
     }
 
     fn to_chain(target: &str) -> Option<ElemValue> {
@@ -1416,9 +1435,9 @@ mod tests {
             ),
             elements(
                 "svc-a-ep",
-                vec![(vec![Value::Int(0)], endpoint("10.1.0.1:8080"))],
+                vec![(ElemKey::from([Value::Int(0)]), endpoint("10.1.0.1:8080"))],
             ),
-            elements("cidrs", vec![(vec![net("10.0.0.0/8")], None)]),
+            elements("cidrs", vec![(ElemKey::from([net("10.0.0.0/8")]), None)]),
             rule("nat-prerouting", vec![jump("services")]),
             rule("services", vec![service_lookup()]),
             rule(
@@ -2005,13 +2024,13 @@ mod tests {
                         },
                     )],
                 },
-                elements("cidrs", vec![(vec![net("10.0.0.0/8")], None)]),
+                elements("cidrs", vec![(ElemKey::from([net("10.0.0.0/8")]), None)]),
             ],
         );
         assert_eq!(k.table(V4, T), before);
         let cases: Vec<(Command, &str)> = vec![
             (
-                elements("nope", vec![(vec![addr("1.1.1.1")], None)]),
+                elements("nope", vec![(ElemKey::from([addr("1.1.1.1")]), None)]),
                 "set nope does not exist: No such file",
             ),
             (
@@ -2034,7 +2053,7 @@ mod tests {
             (
                 elements(
                     "svc-a-ep",
-                    vec![(vec![Value::Int(0)], endpoint("10.1.0.2:80"))],
+                    vec![(ElemKey::from([Value::Int(0)]), endpoint("10.1.0.2:80"))],
                 ),
                 "EEXIST",
             ),
@@ -2055,14 +2074,14 @@ mod tests {
             (
                 elements(
                     "svc-a-ep",
-                    vec![(vec![addr("1.2.3.4")], endpoint("10.1.0.2:80"))],
+                    vec![(ElemKey::from([addr("1.2.3.4")]), endpoint("10.1.0.2:80"))],
                 ),
                 "datatype mismatch: 1.2.3.4 is not integer (numgen slot): Invalid argument (EINVAL)",
             ),
             (
                 elements(
                     "service-ips",
-                    vec![(vec![addr("10.96.0.12")], to_chain("svc-a"))],
+                    vec![(ElemKey::from([addr("10.96.0.12")]), to_chain("svc-a"))],
                 ),
                 "key has 1 components, the set's key is address . inet_proto . inet_service",
             ),
@@ -2070,11 +2089,11 @@ mod tests {
                 elements(
                     "service-ips",
                     vec![(
-                        vec![
+                        ElemKey::from([
                             addr("10.96.0.12"),
                             Value::Port(80),
                             Value::Proto(Protocol::Tcp),
-                        ],
+                        ]),
                         to_chain("svc-a"),
                     )],
                 ),
@@ -2090,16 +2109,19 @@ mod tests {
             (
                 elements(
                     "svc-a-ep",
-                    vec![(vec![Value::Int(1)], endpoint("[fd00::1]:80"))],
+                    vec![(ElemKey::from([Value::Int(1)]), endpoint("[fd00::1]:80"))],
                 ),
                 "EINVAL",
             ),
             (
-                elements("affinity", vec![(vec![net("10.0.0.0/8")], None)]),
+                elements("affinity", vec![(ElemKey::from([net("10.0.0.0/8")]), None)]),
                 "prefix 10.0.0.0/8 needs a set with flags interval",
             ),
             (
-                elements("cidrs", vec![(vec![addr("1.1.1.1")], to_chain("svc-a"))]),
+                elements(
+                    "cidrs",
+                    vec![(ElemKey::from([addr("1.1.1.1")]), to_chain("svc-a"))],
+                ),
                 "a set element has no value",
             ),
             (
@@ -2114,15 +2136,15 @@ mod tests {
                 "EINVAL",
             ),
             (
-                elements("cidrs", vec![(vec![net("10.1.0.0/16")], None)]),
+                elements("cidrs", vec![(ElemKey::from([net("10.1.0.0/16")]), None)]),
                 "interval overlaps with the existing 10.0.0.0/8: File exists",
             ),
             (
-                elements("cidrs", vec![(vec![addr("10.2.3.4")], None)]),
+                elements("cidrs", vec![(ElemKey::from([addr("10.2.3.4")]), None)]),
                 "EEXIST",
             ),
             (
-                elements("cidrs", vec![(vec![net("0.0.0.0/0")], None)]),
+                elements("cidrs", vec![(ElemKey::from([net("0.0.0.0/0")]), None)]),
                 "EEXIST",
             ),
         ];
@@ -2135,30 +2157,33 @@ mod tests {
             vec![elements(
                 "cidrs",
                 vec![
-                    (vec![net("11.0.0.1/8")], None),
-                    (vec![net("12.0.0.1/32")], None),
-                    (vec![addr("13.0.0.1")], None),
+                    (ElemKey::from([net("11.0.0.1/8")]), None),
+                    (ElemKey::from([net("12.0.0.1/32")]), None),
+                    (ElemKey::from([addr("13.0.0.1")]), None),
                 ],
             )],
         );
         let keys: Vec<ElemKey> = k.table(V4, T).unwrap().sets["cidrs"]
             .elements
             .keys()
-            .cloned()
+            .copied()
             .collect();
         assert_eq!(
             keys,
             [
-                vec![addr("12.0.0.1")],
-                vec![addr("13.0.0.1")],
-                vec![net("10.0.0.0/8")],
-                vec![net("11.0.0.0/8")],
+                ElemKey::from([addr("12.0.0.1")]),
+                ElemKey::from([addr("13.0.0.1")]),
+                ElemKey::from([net("10.0.0.0/8")]),
+                ElemKey::from([net("11.0.0.0/8")]),
             ]
         );
         // The same interval written another way is the same element.
         accepted(
             &mut dp,
-            vec![elements("cidrs", vec![(vec![net("13.0.0.1/32")], None)])],
+            vec![elements(
+                "cidrs",
+                vec![(ElemKey::from([net("13.0.0.1/32")]), None)],
+            )],
         );
         // IPv6 keys in an IPv6 table.
         dp.run(&tx(
@@ -2195,7 +2220,10 @@ mod tests {
         rejected(
             &k,
             &mut dp,
-            vec![delete_elements("nope", vec![vec![addr("1.1.1.1")]])],
+            vec![delete_elements(
+                "nope",
+                vec![ElemKey::from([addr("1.1.1.1")])],
+            )],
             "set nope does not exist",
         );
         // Twice in one transaction: the second one fails.
@@ -2203,8 +2231,8 @@ mod tests {
             &k,
             &mut dp,
             vec![
-                delete_elements("cidrs", vec![vec![net("10.0.0.0/8")]]),
-                delete_elements("cidrs", vec![vec![net("10.0.0.0/8")]]),
+                delete_elements("cidrs", vec![ElemKey::from([net("10.0.0.0/8")])]),
+                delete_elements("cidrs", vec![ElemKey::from([net("10.0.0.0/8")])]),
             ],
             "command 2 (delete element ip svcroute cidrs)",
         );
@@ -2212,18 +2240,24 @@ mod tests {
         rejected(
             &k,
             &mut dp,
-            vec![delete_elements("cidrs", vec![vec![net("10.0.0.0/16")]])],
+            vec![delete_elements(
+                "cidrs",
+                vec![ElemKey::from([net("10.0.0.0/16")])],
+            )],
             "ENOENT",
         );
         accepted(
             &mut dp,
             vec![
-                elements("cidrs", vec![(vec![addr("11.0.0.1")], None)]),
+                elements("cidrs", vec![(ElemKey::from([addr("11.0.0.1")]), None)]),
                 delete_elements(
                     "cidrs",
-                    vec![vec![net("10.0.0.1/8")], vec![net("11.0.0.1/32")]],
+                    vec![
+                        ElemKey::from([net("10.0.0.1/8")]),
+                        ElemKey::from([net("11.0.0.1/32")]),
+                    ],
                 ),
-                delete_elements("svc-a-ep", vec![vec![Value::Int(0)]]),
+                delete_elements("svc-a-ep", vec![ElemKey::from([Value::Int(0)])]),
             ],
         );
         let t = k.table(V4, T).unwrap();
@@ -2451,7 +2485,7 @@ mod tests {
         accepted(
             &mut dp,
             vec![
-                elements("affinity", vec![(vec![addr("10.1.0.9")], None)]),
+                elements("affinity", vec![(ElemKey::from([addr("10.1.0.9")]), None)]),
                 add_chain(
                     "commented",
                     Chain {

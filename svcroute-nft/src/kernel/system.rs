@@ -251,8 +251,8 @@ mod tests {
     use super::*;
     use crate::kernel::FakeKernel;
     use crate::ruleset::{
-        BaseHook, Chain, ChainType, ElemValue, Element, Expr, Hook, KeyType, Operand, Rule,
-        SetDecl, SetKind, Stmt, Value, Verdict,
+        BaseHook, Chain, ChainType, ElemKey, ElemValue, Element, Expr, Hook, KeyType, Operand,
+        Rule, SetDecl, SetKind, Stmt, Value, Verdict,
     };
     use crate::transaction::Command as Cmd;
     use svcroute_core::model::Protocol;
@@ -402,11 +402,11 @@ mod tests {
 
     /// Table, base chain, regular chain, verdict map with an element, rules; in `family`.
     fn build(family: IpFamily, service_ip: &str, endpoint: &str) -> Vec<(IpFamily, Cmd)> {
-        let key = vec![
+        let key = ElemKey::from([
             Value::Addr(service_ip.parse().unwrap()),
             Value::Proto(Protocol::Tcp),
             Value::Port(80),
-        ];
+        ]);
         [
             Cmd::AddTable {
                 comment: Some("svcroute kernel test".into()),
@@ -551,11 +551,11 @@ mod tests {
                     Cmd::AddElements {
                         set: "service-ips".into(),
                         elements: vec![(
-                            vec![
+                            ElemKey::from([
                                 Value::Addr("10.96.0.11".parse().unwrap()),
                                 Value::Proto(Protocol::Tcp),
                                 Value::Port(80),
-                            ],
+                            ]),
                             Element {
                                 value: Some(ElemValue::Verdict(Verdict::Jump("masq".into()))),
                                 comment: None,
@@ -592,11 +592,11 @@ mod tests {
                 Cmd::AddElements {
                     set: "service-ips".into(),
                     elements: vec![(
-                        vec![
+                        ElemKey::from([
                             Value::Addr("10.96.0.10".parse().unwrap()),
                             Value::Proto(Protocol::Tcp),
                             Value::Port(80),
-                        ],
+                        ]),
                         Element {
                             value: Some(ElemValue::Verdict(Verdict::Accept)),
                             comment: None,
@@ -609,11 +609,11 @@ mod tests {
                 v4,
                 Cmd::DeleteElements {
                     set: "service-ips".into(),
-                    keys: vec![vec![
+                    keys: vec![ElemKey::from([
                         Value::Addr("10.96.0.99".parse().unwrap()),
                         Value::Proto(Protocol::Tcp),
                         Value::Port(80),
-                    ]],
+                    ])],
                 },
             )],
             vec![
@@ -709,13 +709,13 @@ mod tests {
                 elements: (0..3000u16)
                     .map(|i| {
                         (
-                            vec![
+                            ElemKey::from([
                                 Value::Addr(
                                     format!("10.97.{}.{}", i / 250, i % 250).parse().unwrap(),
                                 ),
                                 Value::Proto(Protocol::Udp),
                                 Value::Port(1000 + i),
-                            ],
+                            ]),
                             Element {
                                 value: Some(ElemValue::Verdict(Verdict::Goto("svc-a".into()))),
                                 comment: Some(format!("ns/svc-{i}:dns")),

@@ -184,6 +184,7 @@ pub fn command(
         Command::AddTable { .. } => return Err(Unsupported("add table")),
         Command::DeleteTable => return Err(Unsupported("delete table")),
         Command::AddSet { .. } => return Err(Unsupported("add set")),
+        Command::AddContents(_) => return Err(Unsupported("table contents")),
     };
     Ok(m.finish())
 }

@@ -63,6 +63,11 @@ impl KnownSets {
                 Command::DeleteSet { name, .. } => {
                     self.0.remove(&(*family, name.clone()));
                 }
+                Command::AddContents(table) => {
+                    for (name, set) in &table.sets {
+                        self.0.insert((*family, name.clone()), !set.decl.interval);
+                    }
+                }
                 _ => {}
             }
         }
@@ -256,7 +261,7 @@ mod tests {
         Command::AddElements {
             set: set.into(),
             elements: vec![(
-                vec![Value::Addr("10.0.0.1".parse().unwrap())],
+                Value::Addr("10.0.0.1".parse().unwrap()).into(),
                 Element::default(),
             )],
         }
@@ -366,7 +371,7 @@ mod tests {
             unsupported(Command::AddElements {
                 set: "plain".into(),
                 elements: vec![(
-                    vec![Value::Addr("10.0.0.2".parse().unwrap())],
+                    Value::Addr("10.0.0.2".parse().unwrap()).into(),
                     Element {
                         value: Some(ElemValue::Verdict(Verdict::Goto("c".into()))),
                         comment: Some("ns/a:http".into()),
