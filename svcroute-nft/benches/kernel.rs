@@ -1,6 +1,7 @@
 //! Applies the benchmark workloads to a real kernel, inside network namespaces this binary
 //! creates and deletes: a cold full sync, then one-endpoint changes (wall time and
-//! transaction bytes), and first-packet latency: new TCP connections per second to one
+//! transaction bytes: an endpoint out and back, which changes the pool's size, and an
+//! endpoint moved to another address), and first-packet latency: new TCP connections per second to one
 //! service with few or many services programmed. Needs root, `ip` and `nft` (see
 //! `BENCHMARKS.md`).
 //!
@@ -79,20 +80,25 @@ fn sync(w: Workload, nft_only: bool, runtime: &tokio::runtime::Runtime) {
     let full = start.elapsed();
     std::thread::sleep(SETTLE);
 
-    let (out, back) =
-        kernel_bench::endpoint_changes(&w, &mut state, CHANGES, |desired, changes| {
+    let mut changes = |change| {
+        kernel_bench::endpoint_changes(&w, &mut state, change, CHANGES, |desired, changes| {
             runtime
                 .block_on(dp.apply(desired, changes))
                 .expect("apply")
                 .bytes
-        });
+        })
+    };
+    let (out, back) = changes(kernel_bench::EndpointChange::Readiness);
+    let (moved, _) = changes(kernel_bench::EndpointChange::Address);
     println!(
-        "{:>9}: full sync {:>6.2} s, {:>10} B; endpoint out: {}; endpoint back: {}",
+        "{:>9}: full sync {:>6.2} s, {:>10} B; endpoint out: {}; endpoint back: {}; \
+         endpoint moved: {}",
         w.id(),
         full.as_secs_f64(),
         report.bytes,
         out,
         back,
+        moved,
     );
 }
 

@@ -52,17 +52,37 @@ fn summary(samples: &[(Duration, usize)]) -> String {
     )
 }
 
+/// What happens to the changed endpoint.
+#[derive(Debug, Clone, Copy)]
+pub enum EndpointChange {
+    /// It turns not ready (out of the pool), then ready again: the pool's size changes.
+    Readiness,
+    /// It moves to another address, then back (a pod replaced): the pool keeps its size.
+    Address,
+}
+
 /// Applies `count` one-endpoint changes of `w` through `apply` (which returns the bytes it
-/// wrote): even ones take the endpoint out, odd ones put it back. Returns the summaries of
+/// wrote): even ones change the endpoint, odd ones change it back. Returns the summaries of
 /// both directions.
 pub fn endpoint_changes(
     w: &Workload,
     state: &mut State,
+    change: EndpointChange,
     count: usize,
     mut apply: impl FnMut(&Desired, &ChangeSet) -> usize,
 ) -> (String, String) {
     let original = w.slice(w.changed_index());
-    let flipped = flip_first_endpoint(&original);
+    let flipped = match change {
+        EndpointChange::Readiness => flip_first_endpoint(&original),
+        EndpointChange::Address => {
+            let mut moved = original.clone();
+            if let Some(ep) = moved.endpoints.first_mut() {
+                // Outside the workload's pod addresses (10.64.0.0/10 from .256 up).
+                ep.addresses = vec!["10.127.255.254".to_string()];
+            }
+            moved
+        }
+    };
     let mut removals = Vec::new();
     let mut additions = Vec::new();
     for i in 0..count {
