@@ -456,11 +456,7 @@ impl PortRenderer<'_> {
 
     /// A frontend-map element `ip . proto . port`, commented with the service port.
     fn frontend(&mut self, set: &'static str, ip: IpAddr, note: &str, verdict: Verdict) {
-        let key = ElemKey::from([
-            Value::Addr(ip),
-            Value::Proto(self.protocol),
-            Value::Port(self.port.port),
-        ]);
+        let key = ElemKey::from((ip, self.protocol, self.port.port));
         self.out.elements.push((
             set,
             key,
@@ -523,7 +519,7 @@ impl PortRenderer<'_> {
                 self.names.display
             )),
         );
-        let fw = self.names.fw.clone();
+        let fw = self.names.fw();
         self.chain(
             fw.clone(),
             format!("{} loadbalancer source ranges", self.names.display),
@@ -539,23 +535,20 @@ impl PortRenderer<'_> {
         }
     }
 
-    /// ClusterIP traffic; returns the endpoint chain it goes to, if any.
-    fn internal(&mut self) -> Option<String> {
+    /// ClusterIP traffic; returns the policy of the endpoint chain it goes to, if any.
+    fn internal(&mut self) -> Option<TrafficPolicy> {
         let cluster_ip = self.fam.cluster_ip;
         self.element(names::CLUSTER_IPS, Value::Addr(cluster_ip).into(), None);
         let policy = self.port.internal_traffic_policy;
-        let target = match policy {
-            TrafficPolicy::Cluster => self.names.svc.clone(),
-            TrafficPolicy::Local => self.names.svl.clone(),
-        };
         if self.fam.has_any_endpoints && !self.fam.endpoints(policy).is_empty() {
+            let target = self.names.endpoints(policy);
             self.frontend(
                 names::SERVICE_IPS,
                 cluster_ip,
                 "cluster IP",
-                Verdict::Goto(target.clone()),
+                Verdict::Goto(target),
             );
-            Some(target)
+            Some(policy)
         } else {
             let verdict = Self::refusal(self.fam.when_empty());
             self.frontend(
@@ -579,8 +572,9 @@ impl PortRenderer<'_> {
         }
     }
 
-    /// External traffic (externalIPs, LB IPs, NodePort); returns the endpoint chains it uses.
-    fn external(&mut self) -> Vec<String> {
+    /// External traffic (externalIPs, LB IPs, NodePort); returns the policies of the endpoint
+    /// chains it uses.
+    fn external(&mut self) -> Vec<TrafficPolicy> {
         let frontends = self.fam.external_frontends();
         if frontends.is_empty() && self.port.node_port.is_none() {
             return Vec::new();
@@ -590,7 +584,7 @@ impl PortRenderer<'_> {
             return Vec::new();
         }
         let display = self.names.display.clone();
-        let svc = self.names.svc.clone();
+        let svc = self.names.endpoints(TrafficPolicy::Cluster);
         let has_cluster = !self.fam.cluster().is_empty();
         let has_local = !self.fam.endpoints(TrafficPolicy::Local).is_empty();
         let mut rules = Vec::new();
@@ -607,7 +601,7 @@ impl PortRenderer<'_> {
                     )),
                 );
                 rules.push(rule(vec![goto(&svc)]));
-                used.push(svc);
+                used.push(TrafficPolicy::Cluster);
             }
             TrafficPolicy::Local => {
                 if has_cluster {
@@ -628,18 +622,19 @@ impl PortRenderer<'_> {
                         )),
                     );
                     rules.push(rule(vec![is(Expr::FibSaddrType, Value::Local), goto(&svc)]));
-                    used.push(svc);
+                    used.push(TrafficPolicy::Cluster);
                 }
                 if has_local {
-                    rules.push(rule(vec![goto(&self.names.svl)]));
-                    used.push(self.names.svl.clone());
+                    let svl = self.names.endpoints(TrafficPolicy::Local);
+                    rules.push(rule(vec![goto(&svl)]));
+                    used.push(TrafficPolicy::Local);
                 } else {
                     // Everything else finds no local endpoint: dropped by the filter checks.
                     self.refuse_external(NoEndpointVerdict::Drop);
                 }
             }
         }
-        let ext = self.names.ext.clone();
+        let ext = self.names.ext();
         self.chain(ext.clone(), [&display, " external traffic"].concat(), rules);
         for (ip, note) in frontends {
             self.frontend(names::SERVICE_IPS, ip, note, Verdict::Goto(ext.clone()));
@@ -676,18 +671,19 @@ impl PortRenderer<'_> {
 
     /// An endpoint chain (`svc-H` / `svl-H`) and its endpoint map: masquerade, affinity,
     /// random pick.
-    fn endpoint_chain(&mut self, chain: &str, endpoints: &[SocketAddr], internal: bool) {
-        let which = if chain == self.names.svc {
-            "cluster"
-        } else {
-            "local"
+    fn endpoint_chain(&mut self, policy: TrafficPolicy, internal: bool) {
+        let chain = self.names.endpoints(policy);
+        let endpoints = self.fam.endpoints(policy);
+        let which = match policy {
+            TrafficPolicy::Cluster => "cluster",
+            TrafficPolicy::Local => "local",
         };
         let comment = [&self.names.display, " ", which, " endpoints"].concat();
         let mut rules = Vec::new();
         if internal && let Some(r) = self.internal_masquerade() {
             rules.push(r);
         }
-        let map = endpoint_map(chain);
+        let map = endpoint_map(&chain);
         let n = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
         let (kind, elements) = if self.port.affinity_timeout.is_some() {
             let seps: Vec<String> = endpoints
@@ -729,7 +725,7 @@ impl PortRenderer<'_> {
                 elements,
             },
         ));
-        self.chain(chain.to_string(), comment, rules);
+        self.chain(chain, comment, rules);
     }
 
     /// The chain and affinity set of one endpoint of a service with session affinity.
@@ -765,22 +761,15 @@ impl PortRenderer<'_> {
         self.out.elements.reserve(4 + frontends + endpoints);
         self.firewall();
         let internal = self.internal();
-        let mut chains = self.external();
-        chains.extend(internal.iter().cloned());
-        chains.sort_unstable();
-        chains.dedup();
-        let fam = self.fam;
+        let external = self.external();
         let mut reachable: Vec<SocketAddr> = Vec::with_capacity(endpoints);
-        for chain in &chains {
-            let policy = if *chain == self.names.svc {
-                TrafficPolicy::Cluster
-            } else {
-                TrafficPolicy::Local
-            };
-            let eps = fam.endpoints(policy);
-            reachable.extend_from_slice(eps);
-            let is_internal = internal.as_deref() == Some(chain.as_str());
-            self.endpoint_chain(chain, eps, is_internal);
+        // `svc-H` before `svl-H`.
+        for policy in [TrafficPolicy::Cluster, TrafficPolicy::Local] {
+            let is_internal = internal == Some(policy);
+            if is_internal || external.contains(&policy) {
+                reachable.extend_from_slice(self.fam.endpoints(policy));
+                self.endpoint_chain(policy, is_internal);
+            }
         }
         reachable.sort_unstable();
         reachable.dedup();

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use svcroute_core::model::{IpFamily, Protocol};
 
 /// `ip` or `ip6`: the nftables family of a table (also the payload protocol of its rules).
@@ -370,113 +370,255 @@ pub enum ElemValue {
     Endpoint(SocketAddr),
 }
 
-/// An element's key: one value per key component. Keys hold at most [`ElemKey::MAX_LEN`]
-/// components (`addr . proto . port`) and live inline: a table holds hundreds of thousands of
-/// them, and a heap allocation each made rendering slow.
+/// An element's key: one value per key component (at most [`ElemKey::MAX_LEN`]).
 ///
-/// Keys compare, hash and print as their slice of values ([`ElemKey::values`]).
-#[derive(Clone, Copy)]
+/// A table holds hundreds of thousands of keys, so they live inline and packed: each value is
+/// a byte naming its kind (in the order of [`Value`]'s kinds, IPv4 before IPv6) followed by
+/// its bytes, big-endian. Packed keys order as their values do, and compare, sort and hash
+/// as bytes. Keys too long to pack (three IPv6 networks) cannot be made; svcroute's sets
+/// have none.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ElemKey {
+    /// The packed values, then zeros (below every kind byte: a key orders before the longer
+    /// keys it starts).
+    bytes: [u8; ElemKey::BYTES],
     len: u8,
-    values: [Value; ElemKey::MAX_LEN],
+}
+
+/// The kind bytes of packed values.
+mod kind {
+    pub const ADDR4: u8 = 1;
+    pub const ADDR6: u8 = 2;
+    pub const NET4: u8 = 3;
+    pub const NET6: u8 = 4;
+    pub const PROTO: u8 = 5;
+    pub const PORT: u8 = 6;
+    pub const INT: u8 = 7;
+    pub const LOCAL: u8 = 8;
+    pub const NEW: u8 = 9;
+    pub const DNAT: u8 = 10;
 }
 
 impl ElemKey {
     /// The most components a key has.
     pub const MAX_LEN: usize = 3;
 
-    /// A key of `values`; `None` when they are more than [`ElemKey::MAX_LEN`].
+    /// Room for two IPv6 networks.
+    const BYTES: usize = 39;
+
+    /// A key of `values`; `None` when they are more than [`ElemKey::MAX_LEN`] or too long to
+    /// pack.
     pub fn new(values: &[Value]) -> Option<Self> {
+        if values.len() > ElemKey::MAX_LEN {
+            return None;
+        }
         let mut key = ElemKey {
-            len: u8::try_from(values.len()).ok()?,
-            values: [Value::Int(0); ElemKey::MAX_LEN],
+            bytes: [0; ElemKey::BYTES],
+            len: 0,
         };
-        key.values.get_mut(..values.len())?.copy_from_slice(values);
+        for value in values {
+            key.pack(value)?;
+        }
         Some(key)
     }
 
+    /// Appends a value; `None` (and no change) when it does not fit.
+    fn pack(&mut self, value: &Value) -> Option<()> {
+        // The longest packed value: an IPv6 network.
+        let mut packed = [0u8; 18];
+        let mut len = 0;
+        let mut put = |bytes: &[u8]| {
+            packed[len..len + bytes.len()].copy_from_slice(bytes);
+            len += bytes.len();
+        };
+        match value {
+            Value::Addr(IpAddr::V4(a)) => {
+                put(&[kind::ADDR4]);
+                put(&a.octets());
+            }
+            Value::Addr(IpAddr::V6(a)) => {
+                put(&[kind::ADDR6]);
+                put(&a.octets());
+            }
+            Value::Net(IpNet::V4(n)) => {
+                put(&[kind::NET4]);
+                put(&n.addr().octets());
+                put(&[n.prefix_len()]);
+            }
+            Value::Net(IpNet::V6(n)) => {
+                put(&[kind::NET6]);
+                put(&n.addr().octets());
+                put(&[n.prefix_len()]);
+            }
+            Value::Proto(p) => put(&[kind::PROTO, protocol_rank(*p)]),
+            Value::Port(p) => {
+                put(&[kind::PORT]);
+                put(&p.to_be_bytes());
+            }
+            Value::Int(i) => {
+                put(&[kind::INT]);
+                put(&i.to_be_bytes());
+            }
+            Value::Local => put(&[kind::LOCAL]),
+            Value::New => put(&[kind::NEW]),
+            Value::Dnat => put(&[kind::DNAT]),
+        }
+        let start = usize::from(self.len);
+        let end = u8::try_from(start + len).ok()?;
+        self.bytes
+            .get_mut(start..usize::from(end))?
+            .copy_from_slice(&packed[..len]);
+        self.len = end;
+        Some(())
+    }
+
     /// The components, in order.
-    pub fn values(&self) -> &[Value] {
-        &self.values[..usize::from(self.len)]
+    pub fn values(&self) -> KeyValues {
+        let mut out = KeyValues {
+            len: 0,
+            values: [Value::Int(0); ElemKey::MAX_LEN],
+        };
+        let mut rest = &self.bytes[..usize::from(self.len)];
+        while let Some((&kind, after)) = rest.split_first() {
+            let Some((value, after)) = unpack(kind, after) else {
+                break;
+            };
+            let Some(slot) = out.values.get_mut(usize::from(out.len)) else {
+                break;
+            };
+            *slot = value;
+            out.len += 1;
+            rest = after;
+        }
+        out
+    }
+
+    /// The number of components.
+    pub fn len(&self) -> usize {
+        self.values().len()
+    }
+
+    /// Whether the key has no component.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// `N` bytes off the front of `bytes`.
+fn take<const N: usize>(bytes: &[u8]) -> Option<([u8; N], &[u8])> {
+    let (head, rest) = bytes.split_first_chunk::<N>()?;
+    Some((*head, rest))
+}
+
+/// The value of kind `kind` at the front of `bytes`, and what follows it.
+fn unpack(kind: u8, bytes: &[u8]) -> Option<(Value, &[u8])> {
+    Some(match kind {
+        kind::ADDR4 => {
+            let (a, rest) = take::<4>(bytes)?;
+            (Value::Addr(Ipv4Addr::from(a).into()), rest)
+        }
+        kind::ADDR6 => {
+            let (a, rest) = take::<16>(bytes)?;
+            (Value::Addr(Ipv6Addr::from(a).into()), rest)
+        }
+        kind::NET4 => {
+            let (a, rest) = take::<4>(bytes)?;
+            let ([prefix], rest) = take::<1>(rest)?;
+            let net = Ipv4Net::new(Ipv4Addr::from(a), prefix).ok()?;
+            (Value::Net(net.into()), rest)
+        }
+        kind::NET6 => {
+            let (a, rest) = take::<16>(bytes)?;
+            let ([prefix], rest) = take::<1>(rest)?;
+            let net = Ipv6Net::new(Ipv6Addr::from(a), prefix).ok()?;
+            (Value::Net(net.into()), rest)
+        }
+        kind::PROTO => {
+            let ([p], rest) = take::<1>(bytes)?;
+            let protocol = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+                .into_iter()
+                .find(|q| protocol_rank(*q) == p)?;
+            (Value::Proto(protocol), rest)
+        }
+        kind::PORT => {
+            let (p, rest) = take::<2>(bytes)?;
+            (Value::Port(u16::from_be_bytes(p)), rest)
+        }
+        kind::INT => {
+            let (i, rest) = take::<4>(bytes)?;
+            (Value::Int(u32::from_be_bytes(i)), rest)
+        }
+        kind::LOCAL => (Value::Local, bytes),
+        kind::NEW => (Value::New, bytes),
+        kind::DNAT => (Value::Dnat, bytes),
+        _ => return None,
+    })
+}
+
+/// A protocol's place in [`Protocol`]'s order.
+fn protocol_rank(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Tcp => 0,
+        Protocol::Udp => 1,
+        Protocol::Sctp => 2,
     }
 }
 
 impl From<Value> for ElemKey {
     fn from(value: Value) -> Self {
-        ElemKey::from([value])
-    }
-}
-
-impl<const N: usize> From<[Value; N]> for ElemKey {
-    /// A key of `N` components; `N` over [`ElemKey::MAX_LEN`] does not compile.
-    fn from(values: [Value; N]) -> Self {
-        const {
-            assert!(
-                N <= ElemKey::MAX_LEN,
-                "an element key has at most 3 components"
-            )
-        };
         let mut key = ElemKey {
-            len: N as u8,
-            values: [Value::Int(0); ElemKey::MAX_LEN],
+            bytes: [0; ElemKey::BYTES],
+            len: 0,
         };
-        key.values[..N].copy_from_slice(&values);
+        // Any one value fits.
+        let _ = key.pack(&value);
         key
     }
 }
 
-impl std::ops::Deref for ElemKey {
-    type Target = [Value];
-
-    fn deref(&self) -> &[Value] {
-        self.values()
+impl From<[Value; 1]> for ElemKey {
+    fn from([value]: [Value; 1]) -> Self {
+        ElemKey::from(value)
     }
 }
 
-impl std::borrow::Borrow<[Value]> for ElemKey {
-    fn borrow(&self) -> &[Value] {
-        self.values()
+impl From<[Value; 2]> for ElemKey {
+    fn from([a, b]: [Value; 2]) -> Self {
+        let mut key = ElemKey::from(a);
+        // Any two values fit.
+        let _ = key.pack(&b);
+        key
     }
 }
 
-impl<'a> IntoIterator for &'a ElemKey {
-    type Item = &'a Value;
-    type IntoIter = std::slice::Iter<'a, Value>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.values().iter()
-    }
-}
-
-impl PartialEq for ElemKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.values() == other.values()
-    }
-}
-
-impl Eq for ElemKey {}
-
-impl PartialOrd for ElemKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ElemKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.values().cmp(other.values())
-    }
-}
-
-impl std::hash::Hash for ElemKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.values().hash(state);
+impl From<(IpAddr, Protocol, u16)> for ElemKey {
+    /// `addr . proto . port`.
+    fn from((addr, protocol, port): (IpAddr, Protocol, u16)) -> Self {
+        let mut key = ElemKey::from([Value::Addr(addr), Value::Proto(protocol)]);
+        // An address, a protocol and a port fit.
+        let _ = key.pack(&Value::Port(port));
+        key
     }
 }
 
 impl fmt::Debug for ElemKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.values()).finish()
+        f.debug_list().entries(self.values().iter()).finish()
+    }
+}
+
+/// The values of an [`ElemKey`], unpacked.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyValues {
+    len: u8,
+    values: [Value; ElemKey::MAX_LEN],
+}
+
+impl std::ops::Deref for KeyValues {
+    type Target = [Value];
+
+    fn deref(&self) -> &[Value] {
+        &self.values[..usize::from(self.len)]
     }
 }
 
@@ -1135,23 +1277,64 @@ mod tests {
     }
 
     #[test]
-    fn element_keys_are_their_values() {
-        let a = ElemKey::from([Value::Proto(Protocol::Tcp), Value::Port(80)]);
-        let b = ElemKey::new(&[Value::Proto(Protocol::Tcp), Value::Port(443)]).unwrap();
-        assert_eq!(a.values(), [Value::Proto(Protocol::Tcp), Value::Port(80)]);
-        assert_eq!(a.len(), 2);
-        assert!(a < b);
-        // Ordered as their slices, whatever their length.
-        let short = ElemKey::from(Value::Proto(Protocol::Udp));
-        assert_eq!(
-            a.cmp(&short),
-            a.values().cmp(short.values()),
-            "{a:?} vs {short:?}"
+    fn element_keys_are_their_values_packed() {
+        let some: Vec<Value> = vec![
+            Value::Addr("10.0.0.1".parse().unwrap()),
+            Value::Addr("10.0.1.0".parse().unwrap()),
+            Value::Addr("fd00::1".parse().unwrap()),
+            Value::Net("10.0.0.0/8".parse().unwrap()),
+            Value::Net("fd00::/64".parse().unwrap()),
+            Value::Proto(Protocol::Udp),
+            Value::Port(443),
+            Value::Int(0),
+            Value::Dnat,
+        ];
+        let mut keys: Vec<Vec<Value>> = some.iter().map(|v| vec![*v]).collect();
+        for a in &some {
+            for b in &some {
+                keys.push(vec![*a, *b]);
+                for c in some.iter().take(7) {
+                    keys.push(vec![*a, *b, *c]);
+                }
+            }
+        }
+        // Every key of one or two values packs; some of three do not.
+        assert!(
+            keys.iter()
+                .filter(|k| k.len() < 3)
+                .all(|k| ElemKey::new(k).is_some())
         );
+        keys.retain(|k| ElemKey::new(k).is_some());
+        assert!(keys.len() > 400);
+        let packed: Vec<ElemKey> = keys.iter().map(|k| ElemKey::new(k).unwrap()).collect();
+        for (key, values) in packed.iter().zip(&keys) {
+            assert_eq!(&*key.values(), values.as_slice());
+            assert_eq!(key.len(), values.len());
+        }
+        // Packed keys order as their values.
+        for (a, va) in packed.iter().zip(&keys) {
+            for (b, vb) in packed.iter().zip(&keys) {
+                assert_eq!(a.cmp(b), va.cmp(vb), "{va:?} vs {vb:?}");
+            }
+        }
+        let v6 = Value::Net("fd00::/64".parse().unwrap());
+        assert_eq!(ElemKey::new(&[v6, v6, v6]), None, "too long to pack");
         assert_eq!(ElemKey::new(&[Value::Int(1); 4]), None);
-        assert_eq!(ElemKey::new(&[]).map(|k| k.len()), Some(0));
-        let map = BTreeMap::from([(a, ())]);
-        assert!(map.contains_key([Value::Proto(Protocol::Tcp), Value::Port(80)].as_slice()));
+        assert!(ElemKey::new(&[]).unwrap().is_empty());
+        let ip = "fd00::1".parse().unwrap();
+        assert_eq!(
+            ElemKey::from((ip, Protocol::Tcp, 80)),
+            ElemKey::new(&[
+                Value::Addr(ip),
+                Value::Proto(Protocol::Tcp),
+                Value::Port(80)
+            ])
+            .unwrap()
+        );
+        assert_eq!(
+            ElemKey::from([v6, v6]).values().as_ref(),
+            [v6, v6].as_slice()
+        );
     }
 
     #[test]
