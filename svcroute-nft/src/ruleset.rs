@@ -375,14 +375,13 @@ pub enum ElemValue {
 /// A table holds hundreds of thousands of keys, so they live inline and packed: each value is
 /// a byte naming its kind (in the order of [`Value`]'s kinds, IPv4 before IPv6) followed by
 /// its bytes, big-endian. Packed keys order as their values do, and compare, sort and hash
-/// as bytes. Keys too long to pack (three IPv6 networks) cannot be made; svcroute's sets
-/// have none.
+/// as a few integers. Keys too long to pack (three IPv6 networks) cannot be made; svcroute's
+/// sets have none.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ElemKey {
     /// The packed values, then zeros (below every kind byte: a key orders before the longer
-    /// keys it starts).
-    bytes: [u8; ElemKey::BYTES],
-    len: u8,
+    /// keys it starts), then their length, read as big-endian words.
+    words: [u64; 5],
 }
 
 /// The kind bytes of packed values.
@@ -403,8 +402,32 @@ impl ElemKey {
     /// The most components a key has.
     pub const MAX_LEN: usize = 3;
 
-    /// Room for two IPv6 networks.
-    const BYTES: usize = 39;
+    /// Room for two IPv6 networks, and the length.
+    const BYTES: usize = 40;
+
+    fn bytes(&self) -> [u8; ElemKey::BYTES] {
+        let mut bytes = [0; ElemKey::BYTES];
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(self.words) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        bytes
+    }
+
+    fn from_bytes(bytes: [u8; ElemKey::BYTES]) -> Self {
+        let mut words = [0; 5];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut be = [0; 8];
+            be.copy_from_slice(chunk);
+            *word = u64::from_be_bytes(be);
+        }
+        ElemKey { words }
+    }
+
+    /// The packed values.
+    fn packed(bytes: &[u8; ElemKey::BYTES]) -> &[u8] {
+        let len = bytes[ElemKey::BYTES - 1];
+        &bytes[..usize::from(len)]
+    }
 
     /// A key of `values`; `None` when they are more than [`ElemKey::MAX_LEN`] or too long to
     /// pack.
@@ -412,64 +435,11 @@ impl ElemKey {
         if values.len() > ElemKey::MAX_LEN {
             return None;
         }
-        let mut key = ElemKey {
-            bytes: [0; ElemKey::BYTES],
-            len: 0,
-        };
+        let mut bytes = [0; ElemKey::BYTES];
         for value in values {
-            key.pack(value)?;
+            pack(&mut bytes, value)?;
         }
-        Some(key)
-    }
-
-    /// Appends a value; `None` (and no change) when it does not fit.
-    fn pack(&mut self, value: &Value) -> Option<()> {
-        // The longest packed value: an IPv6 network.
-        let mut packed = [0u8; 18];
-        let mut len = 0;
-        let mut put = |bytes: &[u8]| {
-            packed[len..len + bytes.len()].copy_from_slice(bytes);
-            len += bytes.len();
-        };
-        match value {
-            Value::Addr(IpAddr::V4(a)) => {
-                put(&[kind::ADDR4]);
-                put(&a.octets());
-            }
-            Value::Addr(IpAddr::V6(a)) => {
-                put(&[kind::ADDR6]);
-                put(&a.octets());
-            }
-            Value::Net(IpNet::V4(n)) => {
-                put(&[kind::NET4]);
-                put(&n.addr().octets());
-                put(&[n.prefix_len()]);
-            }
-            Value::Net(IpNet::V6(n)) => {
-                put(&[kind::NET6]);
-                put(&n.addr().octets());
-                put(&[n.prefix_len()]);
-            }
-            Value::Proto(p) => put(&[kind::PROTO, protocol_rank(*p)]),
-            Value::Port(p) => {
-                put(&[kind::PORT]);
-                put(&p.to_be_bytes());
-            }
-            Value::Int(i) => {
-                put(&[kind::INT]);
-                put(&i.to_be_bytes());
-            }
-            Value::Local => put(&[kind::LOCAL]),
-            Value::New => put(&[kind::NEW]),
-            Value::Dnat => put(&[kind::DNAT]),
-        }
-        let start = usize::from(self.len);
-        let end = u8::try_from(start + len).ok()?;
-        self.bytes
-            .get_mut(start..usize::from(end))?
-            .copy_from_slice(&packed[..len]);
-        self.len = end;
-        Some(())
+        Some(ElemKey::from_bytes(bytes))
     }
 
     /// The components, in order.
@@ -478,7 +448,8 @@ impl ElemKey {
             len: 0,
             values: [Value::Int(0); ElemKey::MAX_LEN],
         };
-        let mut rest = &self.bytes[..usize::from(self.len)];
+        let bytes = self.bytes();
+        let mut rest = ElemKey::packed(&bytes);
         while let Some((&kind, after)) = rest.split_first() {
             let Some((value, after)) = unpack(kind, after) else {
                 break;
@@ -500,8 +471,63 @@ impl ElemKey {
 
     /// Whether the key has no component.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.words[4] & 0xff == 0
     }
+}
+
+/// Appends a packed value to `bytes` (see [`ElemKey`]); `None` (and no change) when it does
+/// not fit.
+fn pack(bytes: &mut [u8; ElemKey::BYTES], value: &Value) -> Option<()> {
+    let size = match value {
+        Value::Addr(IpAddr::V4(_)) => 5,
+        Value::Addr(IpAddr::V6(_)) => 17,
+        Value::Net(IpNet::V4(_)) => 6,
+        Value::Net(IpNet::V6(_)) => 18,
+        Value::Proto(_) => 2,
+        Value::Port(_) => 3,
+        Value::Int(_) => 5,
+        Value::Local | Value::New | Value::Dnat => 1,
+    };
+    let start = usize::from(bytes[ElemKey::BYTES - 1]);
+    // The last byte holds the length.
+    if start + size >= ElemKey::BYTES {
+        return None;
+    }
+    bytes[ElemKey::BYTES - 1] = u8::try_from(start + size).ok()?;
+    let packed = &mut bytes[start..start + size];
+    match value {
+        Value::Addr(IpAddr::V4(a)) => {
+            packed[0] = kind::ADDR4;
+            packed[1..].copy_from_slice(&a.octets());
+        }
+        Value::Addr(IpAddr::V6(a)) => {
+            packed[0] = kind::ADDR6;
+            packed[1..].copy_from_slice(&a.octets());
+        }
+        Value::Net(IpNet::V4(n)) => {
+            packed[0] = kind::NET4;
+            packed[1..5].copy_from_slice(&n.addr().octets());
+            packed[5] = n.prefix_len();
+        }
+        Value::Net(IpNet::V6(n)) => {
+            packed[0] = kind::NET6;
+            packed[1..17].copy_from_slice(&n.addr().octets());
+            packed[17] = n.prefix_len();
+        }
+        Value::Proto(p) => packed.copy_from_slice(&[kind::PROTO, protocol_rank(*p)]),
+        Value::Port(p) => {
+            packed[0] = kind::PORT;
+            packed[1..].copy_from_slice(&p.to_be_bytes());
+        }
+        Value::Int(i) => {
+            packed[0] = kind::INT;
+            packed[1..].copy_from_slice(&i.to_be_bytes());
+        }
+        Value::Local => packed[0] = kind::LOCAL,
+        Value::New => packed[0] = kind::NEW,
+        Value::Dnat => packed[0] = kind::DNAT,
+    }
+    Some(())
 }
 
 /// `N` bytes off the front of `bytes`.
@@ -566,13 +592,10 @@ fn protocol_rank(protocol: Protocol) -> u8 {
 
 impl From<Value> for ElemKey {
     fn from(value: Value) -> Self {
-        let mut key = ElemKey {
-            bytes: [0; ElemKey::BYTES],
-            len: 0,
-        };
+        let mut bytes = [0; ElemKey::BYTES];
         // Any one value fits.
-        let _ = key.pack(&value);
-        key
+        let _ = pack(&mut bytes, &value);
+        ElemKey::from_bytes(bytes)
     }
 }
 
@@ -584,20 +607,23 @@ impl From<[Value; 1]> for ElemKey {
 
 impl From<[Value; 2]> for ElemKey {
     fn from([a, b]: [Value; 2]) -> Self {
-        let mut key = ElemKey::from(a);
+        let mut bytes = [0; ElemKey::BYTES];
         // Any two values fit.
-        let _ = key.pack(&b);
-        key
+        let _ = pack(&mut bytes, &a);
+        let _ = pack(&mut bytes, &b);
+        ElemKey::from_bytes(bytes)
     }
 }
 
 impl From<(IpAddr, Protocol, u16)> for ElemKey {
     /// `addr . proto . port`.
     fn from((addr, protocol, port): (IpAddr, Protocol, u16)) -> Self {
-        let mut key = ElemKey::from([Value::Addr(addr), Value::Proto(protocol)]);
+        let mut bytes = [0; ElemKey::BYTES];
         // An address, a protocol and a port fit.
-        let _ = key.pack(&Value::Port(port));
-        key
+        for value in [Value::Addr(addr), Value::Proto(protocol), Value::Port(port)] {
+            let _ = pack(&mut bytes, &value);
+        }
+        ElemKey::from_bytes(bytes)
     }
 }
 
