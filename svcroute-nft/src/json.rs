@@ -375,7 +375,7 @@ fn key_values(decl: &SetDecl, v: &Json, family: IpFamily) -> Parse<ElemKey> {
         .collect::<Parse<_>>()?;
     ElemKey::new(&values).ok_or_else(|| {
         format!(
-            "key {} has more than {} components",
+            "key {} is not supported: more than {} components, or too long",
             show(v),
             ElemKey::MAX_LEN
         )
@@ -1640,7 +1640,7 @@ mod tests {
         assert_eq!(m.decl.kind, SetKind::VerdictMap);
         assert_eq!(m.decl.comment.as_deref(), Some("frontends"));
         let key = |a: &str, p, port| {
-            ElemKey::from([Value::Addr(ip(a)), Value::Proto(p), Value::Port(port)])
+            ElemKey::new(&[Value::Addr(ip(a)), Value::Proto(p), Value::Port(port)]).unwrap()
         };
         let verdict = |v| Element {
             value: Some(ElemValue::Verdict(v)),
@@ -2055,30 +2055,30 @@ mod tests {
             ),
             vec![
                 (
-                    ElemKey::from([addr("10.96.0.10", "fd00::10"), tcp, Value::Port(80)]),
+                    ElemKey::new(&[addr("10.96.0.10", "fd00::10"), tcp, Value::Port(80)]).unwrap(),
                     goes(
                         Verdict::Goto("svc-AAAA".into()),
                         Some("ns/web:http cluster IP"),
                     ),
                 ),
                 (
-                    ElemKey::from([addr("10.96.0.11", "fd00::11"), udp, Value::Port(53)]),
+                    ElemKey::new(&[addr("10.96.0.11", "fd00::11"), udp, Value::Port(53)]).unwrap(),
                     goes(Verdict::Jump("svc-BBBB".into()), None),
                 ),
                 (
-                    ElemKey::from([addr("10.96.0.12", "fd00::12"), sctp, Value::Port(9)]),
+                    ElemKey::new(&[addr("10.96.0.12", "fd00::12"), sctp, Value::Port(9)]).unwrap(),
                     goes(Verdict::Goto("fw-CCCC".into()), None),
                 ),
                 (
-                    ElemKey::from([addr("10.96.0.13", "fd00::13"), tcp, Value::Port(1)]),
+                    ElemKey::new(&[addr("10.96.0.13", "fd00::13"), tcp, Value::Port(1)]).unwrap(),
                     goes(Verdict::Drop, None),
                 ),
                 (
-                    ElemKey::from([addr("10.96.0.14", "fd00::14"), tcp, Value::Port(2)]),
+                    ElemKey::new(&[addr("10.96.0.14", "fd00::14"), tcp, Value::Port(2)]).unwrap(),
                     goes(Verdict::Accept, None),
                 ),
                 (
-                    ElemKey::from([addr("10.96.0.15", "fd00::15"), tcp, Value::Port(3)]),
+                    ElemKey::new(&[addr("10.96.0.15", "fd00::15"), tcp, Value::Port(3)]).unwrap(),
                     goes(Verdict::Return, None),
                 ),
             ],

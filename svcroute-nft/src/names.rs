@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use svcroute_core::model::TrafficPolicy;
 use svcroute_core::naming::{endpoint_hash, port_hash_of};
 use svcroute_core::select::ServicePortName;
 
@@ -74,16 +75,8 @@ pub struct PortNames {
     text: String,
     /// `namespace/name:port` escaped for a comment (words may follow it).
     pub display: String,
-    /// `svc-H`: cluster-policy endpoints.
-    pub svc: String,
-    /// `svl-H`: local-policy endpoints.
-    pub svl: String,
-    /// `ext-H`: external traffic.
-    pub ext: String,
-    /// `fw-H`: load-balancer source ranges.
-    pub fw: String,
-    /// `aff-H`: ClientIP affinity, `client . endpoint ID` (see [`affinity_id`]).
-    pub aff: String,
+    /// `H`, the hash in the names of the port's objects.
+    hash: String,
 }
 
 impl PortNames {
@@ -93,13 +86,33 @@ impl PortNames {
         let hash = port_hash_of(&text, name);
         PortNames {
             display: comment(&text),
-            svc: format!("svc-{hash}"),
-            svl: format!("svl-{hash}"),
-            ext: format!("ext-{hash}"),
-            fw: format!("fw-{hash}"),
-            aff: format!("aff-{hash}"),
+            hash,
             text,
         }
+    }
+
+    /// `svc-H` (cluster-policy endpoints) or `svl-H` (local-policy endpoints).
+    pub fn endpoints(&self, policy: TrafficPolicy) -> String {
+        let prefix = match policy {
+            TrafficPolicy::Cluster => "svc-",
+            TrafficPolicy::Local => "svl-",
+        };
+        [prefix, &self.hash].concat()
+    }
+
+    /// `ext-H`: external traffic.
+    pub fn ext(&self) -> String {
+        ["ext-", &self.hash].concat()
+    }
+
+    /// `fw-H`: load-balancer source ranges.
+    pub fn fw(&self) -> String {
+        ["fw-", &self.hash].concat()
+    }
+
+    /// `aff-H`: ClientIP affinity, `client . endpoint ID` (see [`affinity_id`]).
+    pub fn aff(&self) -> String {
+        ["aff-", &self.hash].concat()
     }
 
     /// `sep-E`: the chain of one endpoint (only services with session affinity have them).
@@ -190,14 +203,27 @@ mod tests {
     #[test]
     fn names_share_kube_proxys_hash() {
         let dns = PortNames::new(&spn("kube-system", "kube-dns", "dns", Protocol::Udp));
-        assert_eq!(dns.svc, "svc-TCOU7JCQXEZGVUNU");
-        assert_eq!(endpoint_map(&dns.svl), "svl-TCOU7JCQXEZGVUNU-ep");
+        assert_eq!(
+            dns.endpoints(TrafficPolicy::Cluster),
+            "svc-TCOU7JCQXEZGVUNU"
+        );
+        assert_eq!(
+            endpoint_map(&dns.endpoints(TrafficPolicy::Local)),
+            "svl-TCOU7JCQXEZGVUNU-ep"
+        );
+        assert_eq!(dns.ext(), "ext-TCOU7JCQXEZGVUNU");
+        assert_eq!(dns.fw(), "fw-TCOU7JCQXEZGVUNU");
         let name = spn("ns", "web", "", Protocol::Tcp);
         let names = PortNames::new(&name);
         let a = names.sep(&name, &"10.0.0.1:80".parse().unwrap());
         let b = names.sep(&name, &"[fd00::1]:80".parse().unwrap());
         assert_ne!(a, b);
-        assert_eq!(names.aff, names.svc.replace("svc-", "aff-"));
+        assert_eq!(
+            names.aff(),
+            names
+                .endpoints(TrafficPolicy::Cluster)
+                .replace("svc-", "aff-")
+        );
         assert_ne!(affinity_id(&a), affinity_id(&b));
         assert_eq!(affinity_id("sep-AAAAAAQ"), 1);
         assert_eq!(affinity_id("sep-7777777777777777"), 0x7fff_ffff);

@@ -457,11 +457,7 @@ impl PortRenderer<'_> {
 
     /// A frontend-map element `ip . proto . port`, commented with the service port.
     fn frontend(&mut self, set: &'static str, ip: IpAddr, note: &str, verdict: Verdict) {
-        let key = ElemKey::from([
-            Value::Addr(ip),
-            Value::Proto(self.protocol),
-            Value::Port(self.port.port),
-        ]);
+        let key = ElemKey::from((ip, self.protocol, self.port.port));
         self.out.elements.push((
             set,
             key,
@@ -524,7 +520,7 @@ impl PortRenderer<'_> {
                 self.names.display
             )),
         );
-        let fw = self.names.fw.clone();
+        let fw = self.names.fw();
         self.chain(
             fw.clone(),
             format!("{} loadbalancer source ranges", self.names.display),
@@ -540,23 +536,20 @@ impl PortRenderer<'_> {
         }
     }
 
-    /// ClusterIP traffic; returns the endpoint chain it goes to, if any.
-    fn internal(&mut self) -> Option<String> {
+    /// ClusterIP traffic; returns the policy of the endpoint chain it goes to, if any.
+    fn internal(&mut self) -> Option<TrafficPolicy> {
         let cluster_ip = self.fam.cluster_ip;
         self.element(names::CLUSTER_IPS, Value::Addr(cluster_ip).into(), None);
         let policy = self.port.internal_traffic_policy;
-        let target = match policy {
-            TrafficPolicy::Cluster => self.names.svc.clone(),
-            TrafficPolicy::Local => self.names.svl.clone(),
-        };
         if self.fam.has_any_endpoints && !self.fam.endpoints(policy).is_empty() {
+            let target = self.names.endpoints(policy);
             self.frontend(
                 names::SERVICE_IPS,
                 cluster_ip,
                 "cluster IP",
-                Verdict::Goto(target.clone()),
+                Verdict::Goto(target),
             );
-            Some(target)
+            Some(policy)
         } else {
             let verdict = Self::refusal(self.fam.when_empty());
             self.frontend(
@@ -580,8 +573,9 @@ impl PortRenderer<'_> {
         }
     }
 
-    /// External traffic (externalIPs, LB IPs, NodePort); returns the endpoint chains it uses.
-    fn external(&mut self) -> Vec<String> {
+    /// External traffic (externalIPs, LB IPs, NodePort); returns the policies of the endpoint
+    /// chains it uses.
+    fn external(&mut self) -> Vec<TrafficPolicy> {
         let frontends = self.fam.external_frontends();
         if frontends.is_empty() && self.port.node_port.is_none() {
             return Vec::new();
@@ -591,7 +585,7 @@ impl PortRenderer<'_> {
             return Vec::new();
         }
         let display = self.names.display.clone();
-        let svc = self.names.svc.clone();
+        let svc = self.names.endpoints(TrafficPolicy::Cluster);
         let has_cluster = !self.fam.cluster().is_empty();
         let has_local = !self.fam.endpoints(TrafficPolicy::Local).is_empty();
         let mut rules = Vec::new();
@@ -608,7 +602,7 @@ impl PortRenderer<'_> {
                     )),
                 );
                 rules.push(rule(vec![goto(&svc)]));
-                used.push(svc);
+                used.push(TrafficPolicy::Cluster);
             }
             TrafficPolicy::Local => {
                 if has_cluster {
@@ -629,18 +623,19 @@ impl PortRenderer<'_> {
                         )),
                     );
                     rules.push(rule(vec![is(Expr::FibSaddrType, Value::Local), goto(&svc)]));
-                    used.push(svc);
+                    used.push(TrafficPolicy::Cluster);
                 }
                 if has_local {
-                    rules.push(rule(vec![goto(&self.names.svl)]));
-                    used.push(self.names.svl.clone());
+                    let svl = self.names.endpoints(TrafficPolicy::Local);
+                    rules.push(rule(vec![goto(&svl)]));
+                    used.push(TrafficPolicy::Local);
                 } else {
                     // Everything else finds no local endpoint: dropped by the filter checks.
                     self.refuse_external(NoEndpointVerdict::Drop);
                 }
             }
         }
-        let ext = self.names.ext.clone();
+        let ext = self.names.ext();
         self.chain(ext.clone(), [&display, " external traffic"].concat(), rules);
         for (ip, note) in frontends {
             self.frontend(names::SERVICE_IPS, ip, note, Verdict::Goto(ext.clone()));
@@ -679,22 +674,22 @@ impl PortRenderer<'_> {
     /// random pick.
     fn endpoint_chain(
         &mut self,
-        chain: &str,
-        endpoints: &[SocketAddr],
+        policy: TrafficPolicy,
         internal: bool,
         ids: &BTreeMap<SocketAddr, u32>,
     ) {
-        let which = if chain == self.names.svc {
-            "cluster"
-        } else {
-            "local"
+        let chain = self.names.endpoints(policy);
+        let endpoints = self.fam.endpoints(policy);
+        let which = match policy {
+            TrafficPolicy::Cluster => "cluster",
+            TrafficPolicy::Local => "local",
         };
         let comment = [&self.names.display, " ", which, " endpoints"].concat();
         let mut rules = Vec::new();
         if internal && let Some(r) = self.internal_masquerade() {
             rules.push(r);
         }
-        let map = endpoint_map(chain);
+        let map = endpoint_map(&chain);
         let n = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
         let (kind, elements) = if self.port.affinity_timeout.is_some() {
             let seps: Vec<String> = endpoints
@@ -703,7 +698,7 @@ impl PortRenderer<'_> {
                 .collect();
             for (sep, e) in seps.iter().zip(endpoints) {
                 rules.push(rule(vec![
-                    in_set(affinity_key(ids[e]), &self.names.aff),
+                    in_set(affinity_key(ids[e]), &self.names.aff()),
                     goto(sep),
                 ]));
             }
@@ -736,7 +731,7 @@ impl PortRenderer<'_> {
                 elements,
             },
         ));
-        self.chain(chain.to_string(), comment, rules);
+        self.chain(chain, comment, rules);
     }
 
     /// The chain of one endpoint of a service with session affinity: it records the client
@@ -745,7 +740,7 @@ impl PortRenderer<'_> {
         let sep = self.names.sep(&self.port.name, endpoint);
         let rules = vec![
             rule(vec![Stmt::Update {
-                set: self.names.aff.clone(),
+                set: self.names.aff(),
                 key: affinity_key(id),
             }]),
             rule(vec![self.l4proto(), Stmt::DnatTo(*endpoint)]),
@@ -756,7 +751,7 @@ impl PortRenderer<'_> {
     /// The port's affinity set: `client . endpoint ID`, refreshed by each new connection.
     fn affinity_set(&mut self, timeout: u32) {
         self.out.sets.push((
-            self.names.aff.clone(),
+            self.names.aff(),
             empty_set(SetDecl {
                 kind: SetKind::Set,
                 key: vec![KeyType::Addr, KeyType::Slot],
@@ -777,22 +772,16 @@ impl PortRenderer<'_> {
         self.out.elements.reserve(4 + frontends + endpoints);
         self.firewall();
         let internal = self.internal();
-        let mut chains = self.external();
-        chains.extend(internal.iter().cloned());
-        chains.sort_unstable();
-        chains.dedup();
-        let fam = self.fam;
-        let svc = self.names.svc.clone();
-        let policy = |chain: &String| {
-            if *chain == svc {
-                TrafficPolicy::Cluster
-            } else {
-                TrafficPolicy::Local
-            }
-        };
+        let external = self.external();
+        // `svc-H` before `svl-H`.
+        let policies: Vec<(TrafficPolicy, bool)> = [TrafficPolicy::Cluster, TrafficPolicy::Local]
+            .into_iter()
+            .map(|policy| (policy, internal == Some(policy)))
+            .filter(|(policy, is_internal)| *is_internal || external.contains(policy))
+            .collect();
         let mut reachable: Vec<SocketAddr> = Vec::with_capacity(endpoints);
-        for chain in &chains {
-            reachable.extend_from_slice(fam.endpoints(policy(chain)));
+        for (policy, _) in &policies {
+            reachable.extend_from_slice(self.fam.endpoints(*policy));
         }
         reachable.sort_unstable();
         reachable.dedup();
@@ -803,10 +792,8 @@ impl PortRenderer<'_> {
             })),
             None => BTreeMap::new(),
         };
-        for chain in &chains {
-            let eps = fam.endpoints(policy(chain));
-            let is_internal = internal.as_deref() == Some(chain.as_str());
-            self.endpoint_chain(chain, eps, is_internal, &ids);
+        for (policy, is_internal) in policies {
+            self.endpoint_chain(policy, is_internal, &ids);
         }
         if let Some(timeout) = self.port.affinity_timeout
             && !reachable.is_empty()

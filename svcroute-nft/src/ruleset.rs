@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use svcroute_core::model::{IpFamily, Protocol};
 
 /// `ip` or `ip6`: the nftables family of a table (also the payload protocol of its rules).
@@ -380,113 +380,281 @@ pub enum ElemValue {
     Endpoint(SocketAddr),
 }
 
-/// An element's key: one value per key component. Keys hold at most [`ElemKey::MAX_LEN`]
-/// components (`addr . proto . port`) and live inline: a table holds hundreds of thousands of
-/// them, and a heap allocation each made rendering slow.
+/// An element's key: one value per key component (at most [`ElemKey::MAX_LEN`]).
 ///
-/// Keys compare, hash and print as their slice of values ([`ElemKey::values`]).
-#[derive(Clone, Copy)]
+/// A table holds hundreds of thousands of keys, so they live inline and packed: each value is
+/// a byte naming its kind (in the order of [`Value`]'s kinds, IPv4 before IPv6) followed by
+/// its bytes, big-endian. Packed keys order as their values do, and compare, sort and hash
+/// as a few integers. Keys too long to pack (three IPv6 networks) cannot be made; svcroute's
+/// sets have none.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ElemKey {
-    len: u8,
-    values: [Value; ElemKey::MAX_LEN],
+    /// The packed values, then zeros (below every kind byte: a key orders before the longer
+    /// keys it starts), then their length, read as big-endian words.
+    words: [u64; 5],
+}
+
+/// The kind bytes of packed values.
+mod kind {
+    pub const ADDR4: u8 = 1;
+    pub const ADDR6: u8 = 2;
+    pub const NET4: u8 = 3;
+    pub const NET6: u8 = 4;
+    pub const PROTO: u8 = 5;
+    pub const PORT: u8 = 6;
+    pub const INT: u8 = 7;
+    pub const LOCAL: u8 = 8;
+    pub const NEW: u8 = 9;
+    pub const DNAT: u8 = 10;
 }
 
 impl ElemKey {
     /// The most components a key has.
     pub const MAX_LEN: usize = 3;
 
-    /// A key of `values`; `None` when they are more than [`ElemKey::MAX_LEN`].
+    /// Room for two IPv6 networks, and the length.
+    const BYTES: usize = 40;
+
+    fn bytes(&self) -> [u8; ElemKey::BYTES] {
+        let mut bytes = [0; ElemKey::BYTES];
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(self.words) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        bytes
+    }
+
+    fn from_bytes(bytes: [u8; ElemKey::BYTES]) -> Self {
+        let mut words = [0; 5];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut be = [0; 8];
+            be.copy_from_slice(chunk);
+            *word = u64::from_be_bytes(be);
+        }
+        ElemKey { words }
+    }
+
+    /// The packed values.
+    fn packed(bytes: &[u8; ElemKey::BYTES]) -> &[u8] {
+        let len = bytes[ElemKey::BYTES - 1];
+        &bytes[..usize::from(len)]
+    }
+
+    /// A key of `values`; `None` when they are more than [`ElemKey::MAX_LEN`] or too long to
+    /// pack.
     pub fn new(values: &[Value]) -> Option<Self> {
-        let mut key = ElemKey {
-            len: u8::try_from(values.len()).ok()?,
-            values: [Value::Int(0); ElemKey::MAX_LEN],
-        };
-        key.values.get_mut(..values.len())?.copy_from_slice(values);
-        Some(key)
+        if values.len() > ElemKey::MAX_LEN {
+            return None;
+        }
+        let mut bytes = [0; ElemKey::BYTES];
+        for value in values {
+            pack(&mut bytes, value)?;
+        }
+        Some(ElemKey::from_bytes(bytes))
     }
 
     /// The components, in order.
-    pub fn values(&self) -> &[Value] {
-        &self.values[..usize::from(self.len)]
+    pub fn values(&self) -> KeyValues {
+        let mut out = KeyValues {
+            len: 0,
+            values: [Value::Int(0); ElemKey::MAX_LEN],
+        };
+        let bytes = self.bytes();
+        let mut rest = ElemKey::packed(&bytes);
+        while let Some((&kind, after)) = rest.split_first() {
+            let Some((value, after)) = unpack(kind, after) else {
+                break;
+            };
+            let Some(slot) = out.values.get_mut(usize::from(out.len)) else {
+                break;
+            };
+            *slot = value;
+            out.len += 1;
+            rest = after;
+        }
+        out
+    }
+
+    /// The number of components.
+    pub fn len(&self) -> usize {
+        self.values().len()
+    }
+
+    /// Whether the key has no component.
+    pub fn is_empty(&self) -> bool {
+        self.words[4] & 0xff == 0
+    }
+}
+
+/// Appends a packed value to `bytes` (see [`ElemKey`]); `None` (and no change) when it does
+/// not fit.
+fn pack(bytes: &mut [u8; ElemKey::BYTES], value: &Value) -> Option<()> {
+    let size = match value {
+        Value::Addr(IpAddr::V4(_)) => 5,
+        Value::Addr(IpAddr::V6(_)) => 17,
+        Value::Net(IpNet::V4(_)) => 6,
+        Value::Net(IpNet::V6(_)) => 18,
+        Value::Proto(_) => 2,
+        Value::Port(_) => 3,
+        Value::Int(_) => 5,
+        Value::Local | Value::New | Value::Dnat => 1,
+    };
+    let start = usize::from(bytes[ElemKey::BYTES - 1]);
+    // The last byte holds the length.
+    if start + size >= ElemKey::BYTES {
+        return None;
+    }
+    bytes[ElemKey::BYTES - 1] = u8::try_from(start + size).ok()?;
+    let packed = &mut bytes[start..start + size];
+    match value {
+        Value::Addr(IpAddr::V4(a)) => {
+            packed[0] = kind::ADDR4;
+            packed[1..].copy_from_slice(&a.octets());
+        }
+        Value::Addr(IpAddr::V6(a)) => {
+            packed[0] = kind::ADDR6;
+            packed[1..].copy_from_slice(&a.octets());
+        }
+        Value::Net(IpNet::V4(n)) => {
+            packed[0] = kind::NET4;
+            packed[1..5].copy_from_slice(&n.addr().octets());
+            packed[5] = n.prefix_len();
+        }
+        Value::Net(IpNet::V6(n)) => {
+            packed[0] = kind::NET6;
+            packed[1..17].copy_from_slice(&n.addr().octets());
+            packed[17] = n.prefix_len();
+        }
+        Value::Proto(p) => packed.copy_from_slice(&[kind::PROTO, protocol_rank(*p)]),
+        Value::Port(p) => {
+            packed[0] = kind::PORT;
+            packed[1..].copy_from_slice(&p.to_be_bytes());
+        }
+        Value::Int(i) => {
+            packed[0] = kind::INT;
+            packed[1..].copy_from_slice(&i.to_be_bytes());
+        }
+        Value::Local => packed[0] = kind::LOCAL,
+        Value::New => packed[0] = kind::NEW,
+        Value::Dnat => packed[0] = kind::DNAT,
+    }
+    Some(())
+}
+
+/// `N` bytes off the front of `bytes`.
+fn take<const N: usize>(bytes: &[u8]) -> Option<([u8; N], &[u8])> {
+    let (head, rest) = bytes.split_first_chunk::<N>()?;
+    Some((*head, rest))
+}
+
+/// The value of kind `kind` at the front of `bytes`, and what follows it.
+fn unpack(kind: u8, bytes: &[u8]) -> Option<(Value, &[u8])> {
+    Some(match kind {
+        kind::ADDR4 => {
+            let (a, rest) = take::<4>(bytes)?;
+            (Value::Addr(Ipv4Addr::from(a).into()), rest)
+        }
+        kind::ADDR6 => {
+            let (a, rest) = take::<16>(bytes)?;
+            (Value::Addr(Ipv6Addr::from(a).into()), rest)
+        }
+        kind::NET4 => {
+            let (a, rest) = take::<4>(bytes)?;
+            let ([prefix], rest) = take::<1>(rest)?;
+            let net = Ipv4Net::new(Ipv4Addr::from(a), prefix).ok()?;
+            (Value::Net(net.into()), rest)
+        }
+        kind::NET6 => {
+            let (a, rest) = take::<16>(bytes)?;
+            let ([prefix], rest) = take::<1>(rest)?;
+            let net = Ipv6Net::new(Ipv6Addr::from(a), prefix).ok()?;
+            (Value::Net(net.into()), rest)
+        }
+        kind::PROTO => {
+            let ([p], rest) = take::<1>(bytes)?;
+            let protocol = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+                .into_iter()
+                .find(|q| protocol_rank(*q) == p)?;
+            (Value::Proto(protocol), rest)
+        }
+        kind::PORT => {
+            let (p, rest) = take::<2>(bytes)?;
+            (Value::Port(u16::from_be_bytes(p)), rest)
+        }
+        kind::INT => {
+            let (i, rest) = take::<4>(bytes)?;
+            (Value::Int(u32::from_be_bytes(i)), rest)
+        }
+        kind::LOCAL => (Value::Local, bytes),
+        kind::NEW => (Value::New, bytes),
+        kind::DNAT => (Value::Dnat, bytes),
+        _ => return None,
+    })
+}
+
+/// A protocol's place in [`Protocol`]'s order.
+fn protocol_rank(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Tcp => 0,
+        Protocol::Udp => 1,
+        Protocol::Sctp => 2,
     }
 }
 
 impl From<Value> for ElemKey {
     fn from(value: Value) -> Self {
-        ElemKey::from([value])
+        let mut bytes = [0; ElemKey::BYTES];
+        // Any one value fits.
+        let _ = pack(&mut bytes, &value);
+        ElemKey::from_bytes(bytes)
     }
 }
 
-impl<const N: usize> From<[Value; N]> for ElemKey {
-    /// A key of `N` components; `N` over [`ElemKey::MAX_LEN`] does not compile.
-    fn from(values: [Value; N]) -> Self {
-        const {
-            assert!(
-                N <= ElemKey::MAX_LEN,
-                "an element key has at most 3 components"
-            )
-        };
-        let mut key = ElemKey {
-            len: N as u8,
-            values: [Value::Int(0); ElemKey::MAX_LEN],
-        };
-        key.values[..N].copy_from_slice(&values);
-        key
+impl From<[Value; 1]> for ElemKey {
+    fn from([value]: [Value; 1]) -> Self {
+        ElemKey::from(value)
     }
 }
 
-impl std::ops::Deref for ElemKey {
-    type Target = [Value];
-
-    fn deref(&self) -> &[Value] {
-        self.values()
+impl From<[Value; 2]> for ElemKey {
+    fn from([a, b]: [Value; 2]) -> Self {
+        let mut bytes = [0; ElemKey::BYTES];
+        // Any two values fit.
+        let _ = pack(&mut bytes, &a);
+        let _ = pack(&mut bytes, &b);
+        ElemKey::from_bytes(bytes)
     }
 }
 
-impl std::borrow::Borrow<[Value]> for ElemKey {
-    fn borrow(&self) -> &[Value] {
-        self.values()
-    }
-}
-
-impl<'a> IntoIterator for &'a ElemKey {
-    type Item = &'a Value;
-    type IntoIter = std::slice::Iter<'a, Value>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.values().iter()
-    }
-}
-
-impl PartialEq for ElemKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.values() == other.values()
-    }
-}
-
-impl Eq for ElemKey {}
-
-impl PartialOrd for ElemKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ElemKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.values().cmp(other.values())
-    }
-}
-
-impl std::hash::Hash for ElemKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.values().hash(state);
+impl From<(IpAddr, Protocol, u16)> for ElemKey {
+    /// `addr . proto . port`.
+    fn from((addr, protocol, port): (IpAddr, Protocol, u16)) -> Self {
+        let mut bytes = [0; ElemKey::BYTES];
+        // An address, a protocol and a port fit.
+        for value in [Value::Addr(addr), Value::Proto(protocol), Value::Port(port)] {
+            let _ = pack(&mut bytes, &value);
+        }
+        ElemKey::from_bytes(bytes)
     }
 }
 
 impl fmt::Debug for ElemKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.values()).finish()
+        f.debug_list().entries(self.values().iter()).finish()
+    }
+}
+
+/// The values of an [`ElemKey`], unpacked.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyValues {
+    len: u8,
+    values: [Value; ElemKey::MAX_LEN],
+}
+
+impl std::ops::Deref for KeyValues {
+    type Target = [Value];
+
+    fn deref(&self) -> &[Value] {
+        &self.values[..usize::from(self.len)]
     }
 }
 
@@ -1181,23 +1349,64 @@ mod tests {
     }
 
     #[test]
-    fn element_keys_are_their_values() {
-        let a = ElemKey::from([Value::Proto(Protocol::Tcp), Value::Port(80)]);
-        let b = ElemKey::new(&[Value::Proto(Protocol::Tcp), Value::Port(443)]).unwrap();
-        assert_eq!(a.values(), [Value::Proto(Protocol::Tcp), Value::Port(80)]);
-        assert_eq!(a.len(), 2);
-        assert!(a < b);
-        // Ordered as their slices, whatever their length.
-        let short = ElemKey::from(Value::Proto(Protocol::Udp));
-        assert_eq!(
-            a.cmp(&short),
-            a.values().cmp(short.values()),
-            "{a:?} vs {short:?}"
+    fn element_keys_are_their_values_packed() {
+        let some: Vec<Value> = vec![
+            Value::Addr("10.0.0.1".parse().unwrap()),
+            Value::Addr("10.0.1.0".parse().unwrap()),
+            Value::Addr("fd00::1".parse().unwrap()),
+            Value::Net("10.0.0.0/8".parse().unwrap()),
+            Value::Net("fd00::/64".parse().unwrap()),
+            Value::Proto(Protocol::Udp),
+            Value::Port(443),
+            Value::Int(0),
+            Value::Dnat,
+        ];
+        let mut keys: Vec<Vec<Value>> = some.iter().map(|v| vec![*v]).collect();
+        for a in &some {
+            for b in &some {
+                keys.push(vec![*a, *b]);
+                for c in some.iter().take(7) {
+                    keys.push(vec![*a, *b, *c]);
+                }
+            }
+        }
+        // Every key of one or two values packs; some of three do not.
+        assert!(
+            keys.iter()
+                .filter(|k| k.len() < 3)
+                .all(|k| ElemKey::new(k).is_some())
         );
+        keys.retain(|k| ElemKey::new(k).is_some());
+        assert!(keys.len() > 400);
+        let packed: Vec<ElemKey> = keys.iter().map(|k| ElemKey::new(k).unwrap()).collect();
+        for (key, values) in packed.iter().zip(&keys) {
+            assert_eq!(&*key.values(), values.as_slice());
+            assert_eq!(key.len(), values.len());
+        }
+        // Packed keys order as their values.
+        for (a, va) in packed.iter().zip(&keys) {
+            for (b, vb) in packed.iter().zip(&keys) {
+                assert_eq!(a.cmp(b), va.cmp(vb), "{va:?} vs {vb:?}");
+            }
+        }
+        let v6 = Value::Net("fd00::/64".parse().unwrap());
+        assert_eq!(ElemKey::new(&[v6, v6, v6]), None, "too long to pack");
         assert_eq!(ElemKey::new(&[Value::Int(1); 4]), None);
-        assert_eq!(ElemKey::new(&[]).map(|k| k.len()), Some(0));
-        let map = BTreeMap::from([(a, ())]);
-        assert!(map.contains_key([Value::Proto(Protocol::Tcp), Value::Port(80)].as_slice()));
+        assert!(ElemKey::new(&[]).unwrap().is_empty());
+        let ip = "fd00::1".parse().unwrap();
+        assert_eq!(
+            ElemKey::from((ip, Protocol::Tcp, 80)),
+            ElemKey::new(&[
+                Value::Addr(ip),
+                Value::Proto(Protocol::Tcp),
+                Value::Port(80)
+            ])
+            .unwrap()
+        );
+        assert_eq!(
+            ElemKey::from([v6, v6]).values().as_ref(),
+            [v6, v6].as_slice()
+        );
     }
 
     #[test]

@@ -71,7 +71,9 @@ struct SharedBucket {
 impl SharedBucket {
     /// The bucket of `set` in `buckets` (created if needed).
     fn of<'a>(buckets: &'a mut Vec<SharedBucket>, set: &'static str) -> &'a mut SharedBucket {
-        let i = match buckets.iter().position(|b| b.set == set) {
+        // Set names are the constants of `names`: compare the pointers first.
+        let same = |b: &SharedBucket| std::ptr::eq(b.set, set) || b.set == set;
+        let i = match buckets.iter().position(same) {
             Some(i) => i,
             None => {
                 buckets.push(SharedBucket {
@@ -832,7 +834,9 @@ mod tests {
         }
 
         fn map(&self) -> String {
-            endpoint_map(&PortNames::new(&self.port).svc)
+            endpoint_map(
+                &PortNames::new(&self.port).endpoints(svcroute_core::model::TrafficPolicy::Cluster),
+            )
         }
 
         /// What the endpoint map holds for endpoint `i`.

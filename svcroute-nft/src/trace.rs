@@ -55,8 +55,8 @@ use svcroute_core::decide::{Decision, Packet, Verdict};
 use svcroute_core::model::{IpFamily, Protocol, ProxyConfig};
 
 use crate::ruleset::{
-    self as nft, BaseHook, Chain, ChainType, ElemValue, Element, Expr, Hook, KeyType, MarkOp,
-    Operand, Rule, Set, SetKind, Stmt, Table, Value, family_name,
+    self as nft, BaseHook, Chain, ChainType, ElemKey, ElemValue, Element, Expr, Hook, KeyType,
+    MarkOp, Operand, Rule, Set, SetKind, Stmt, Table, Value, family_name,
 };
 
 /// Deepest nesting of `jump`/`goto` followed from a base chain (nf_tables allows 16 jumps);
@@ -829,13 +829,14 @@ impl<'a> Walk<'a> {
         let Some(exact) = exact else {
             return Ok(None);
         };
-        if let Some(element) = set.elements.get(exact.as_slice()) {
+        if let Some(element) = ElemKey::new(&exact).and_then(|key| set.elements.get(&key)) {
             return Ok(Some(element));
         }
         if !set.decl.interval {
             return Ok(None);
         }
         for (elem_key, element) in &set.elements {
+            let elem_key = elem_key.values();
             if elem_key.len() != types.len() {
                 return Err(at.inconsistent(&format!(
                     "an element of @{name} has {} components, its type {}",
@@ -844,7 +845,7 @@ impl<'a> Walk<'a> {
                 )));
             }
             let mut all = true;
-            for ((value, component), kind) in exact.iter().zip(elem_key).zip(&types) {
+            for ((value, component), kind) in exact.iter().zip(elem_key.iter()).zip(&types) {
                 if !fits(*kind, component) {
                     return Err(at.inconsistent(&format!(
                         "element component {component} of @{name} is not a {kind:?}"
@@ -946,7 +947,7 @@ fn compare(left: &Expr, datum: Datum, value: &Value, family: IpFamily) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ruleset::{ElemKey, SetDecl, Verdict as V};
+    use crate::ruleset::{SetDecl, Verdict as V};
     use svcroute_core::decide::WeightedEndpoint;
 
     // -----------------------------------------------------------------------------------------

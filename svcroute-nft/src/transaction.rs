@@ -279,7 +279,7 @@ impl<'a> Line<'a> {
                 if i > 0 {
                     self.out.push_str(", ");
                 }
-                write_element_to(&mut self.out, key, elem);
+                write_element_to(&mut self.out, &key.values(), elem);
             }
             self.out.push_str(" }\n");
         }
@@ -442,11 +442,12 @@ mod tests {
             Command::AddElements {
                 set: "service-ips".into(),
                 elements: vec![(
-                    ElemKey::from([
+                    ElemKey::new(&[
                         Value::Addr("fd00::10".parse().unwrap()),
                         Value::Proto(Protocol::Udp),
                         Value::Port(53),
-                    ]),
+                    ])
+                    .unwrap(),
                     Element {
                         value: Some(ElemValue::Verdict(Verdict::Goto("svc-X".into()))),
                         comment: Some("kube-system/kube-dns:dns".into()),

@@ -664,7 +664,7 @@ fn a_restart_adopts_the_existing_tables() {
         !after.sets[names::SERVICE_IPS]
             .elements
             .keys()
-            .any(|k| k[0] == Value::Addr("198.51.100.30".parse().expect("IP"))),
+            .any(|k| k.values()[0] == Value::Addr("198.51.100.30".parse().expect("IP"))),
         "the LB IP is still routed"
     );
     fewer.expect_sticky(&topo, client, Request::new(TCP, "10.96.0.10:80", 8));
@@ -673,11 +673,12 @@ fn a_restart_adopts_the_existing_tables() {
 /// The chain the ClusterIP frontend `ip:port/TCP` goes to, as the kernel's table says.
 fn frontend_chain(topo: &Topology, family: IpFamily, ip: &str, port: u16) -> String {
     let table = topo.our_table(family).expect("our table");
-    let key = ElemKey::from([
+    let key = ElemKey::new(&[
         Value::Addr(ip.parse().expect("IP literal")),
         Value::Proto(TCP),
         Value::Port(port),
-    ]);
+    ])
+    .expect("short key");
     match table.sets[names::SERVICE_IPS].elements.get(&key) {
         Some(element) => match &element.value {
             Some(ElemValue::Verdict(NftVerdict::Goto(chain))) => chain.clone(),

@@ -678,8 +678,8 @@ fn apply(
                 .get_mut(set)
                 .ok_or_else(|| reject(Errno::NoEnt, format!("set {set} does not exist")))?;
             for (key, elem) in elements {
-                let element = || format!("element {}", key_text(key));
-                let key = check_key(family, &target.decl, key)
+                let element = || format!("element {}", key_text(&key.values()));
+                let key = check_key(family, &target.decl, &key.values())
                     .map_err(|why| format!("{}: {why}", element()))?;
                 check_value(family, target.decl.kind, elem, chains)
                     .map_err(|why| format!("{}: {why}", element()))?;
@@ -693,14 +693,14 @@ fn apply(
                     ));
                 }
                 if target.decl.interval
-                    && let Some(other) = overlapping(&target.elements, &key)
+                    && let Some(other) = overlapping(&target.elements, &key.values())
                 {
                     return Err(reject(
                         Errno::Exist,
                         format!(
                             "{}: interval overlaps with the existing {}",
                             element(),
-                            key_text(other)
+                            key_text(&other.values())
                         ),
                     ));
                 }
@@ -718,11 +718,11 @@ fn apply(
                 .get_mut(set)
                 .ok_or_else(|| reject(Errno::NoEnt, format!("set {set} does not exist")))?;
             for key in keys {
-                let normal = check_key(family, &target.decl, key).unwrap_or(*key);
+                let normal = check_key(family, &target.decl, &key.values()).unwrap_or(*key);
                 let removed = target.elements.remove(&normal).ok_or_else(|| {
                     reject(
                         Errno::NoEnt,
-                        format!("element {} does not exist", key_text(key)),
+                        format!("element {} does not exist", key_text(&key.values())),
                     )
                 })?;
                 count_element(chain_refs, &removed, false);
@@ -841,7 +841,10 @@ fn chain_referrer(table: &Table, name: &str) -> Option<String> {
     for (sname, set) in &table.sets {
         for (key, elem) in &set.elements {
             if element_chain_ref(elem) == Some(name) {
-                return Some(format!("element {} of map {sname}", key_text(key)));
+                return Some(format!(
+                    "element {} of map {sname}",
+                    key_text(&key.values())
+                ));
             }
         }
     }
@@ -947,7 +950,7 @@ fn check_key(family: IpFamily, decl: &SetDecl, key: &[Value]) -> Result<ElemKey,
     ElemKey::new(&out).ok_or_else(|| {
         reject(
             Errno::Inval,
-            format!("key has {} components, at most 3 are supported", out.len()),
+            format!("key {} is too long to hold", key_text(&out)),
         )
     })
 }
@@ -1119,8 +1122,8 @@ fn overlapping<'a>(elements: &'a BTreeMap<ElemKey, Element>, key: &[Value]) -> O
         return None;
     };
     let range = addr_range(value)?;
-    elements.keys().find(|other| match other.values() {
-        [o] => addr_range(o).is_some_and(|r| r.0 <= range.1 && range.0 <= r.1),
+    elements.keys().find(|other| match *other.values() {
+        [o] => addr_range(&o).is_some_and(|r| r.0 <= range.1 && range.0 <= r.1),
         _ => false,
     })
 }
@@ -1349,7 +1352,7 @@ mod tests {
     }
 
     fn service(ip: &str, port: u16) -> ElemKey {
-        ElemKey::from([addr(ip), Value::Proto(Protocol::Tcp), Value::Port(port)])
+        ElemKey::new(&[addr(ip), Value::Proto(Protocol::Tcp), Value::Port(port)]).unwrap()
     }
 
     fn to_chain(target: &str) -> Option<ElemValue> {
@@ -2089,11 +2092,12 @@ mod tests {
                 elements(
                     "service-ips",
                     vec![(
-                        ElemKey::from([
+                        ElemKey::new(&[
                             addr("10.96.0.12"),
                             Value::Port(80),
                             Value::Proto(Protocol::Tcp),
-                        ]),
+                        ])
+                        .unwrap(),
                         to_chain("svc-a"),
                     )],
                 ),

@@ -402,11 +402,12 @@ mod tests {
 
     /// Table, base chain, regular chain, verdict map with an element, rules; in `family`.
     fn build(family: IpFamily, service_ip: &str, endpoint: &str) -> Vec<(IpFamily, Cmd)> {
-        let key = ElemKey::from([
+        let key = ElemKey::new(&[
             Value::Addr(service_ip.parse().unwrap()),
             Value::Proto(Protocol::Tcp),
             Value::Port(80),
-        ]);
+        ])
+        .unwrap();
         [
             Cmd::AddTable {
                 comment: Some("svcroute kernel test".into()),
@@ -551,11 +552,12 @@ mod tests {
                     Cmd::AddElements {
                         set: "service-ips".into(),
                         elements: vec![(
-                            ElemKey::from([
+                            ElemKey::new(&[
                                 Value::Addr("10.96.0.11".parse().unwrap()),
                                 Value::Proto(Protocol::Tcp),
                                 Value::Port(80),
-                            ]),
+                            ])
+                            .unwrap(),
                             Element {
                                 value: Some(ElemValue::Verdict(Verdict::Jump("masq".into()))),
                                 comment: None,
@@ -592,11 +594,12 @@ mod tests {
                 Cmd::AddElements {
                     set: "service-ips".into(),
                     elements: vec![(
-                        ElemKey::from([
+                        ElemKey::new(&[
                             Value::Addr("10.96.0.10".parse().unwrap()),
                             Value::Proto(Protocol::Tcp),
                             Value::Port(80),
-                        ]),
+                        ])
+                        .unwrap(),
                         Element {
                             value: Some(ElemValue::Verdict(Verdict::Accept)),
                             comment: None,
@@ -609,11 +612,14 @@ mod tests {
                 v4,
                 Cmd::DeleteElements {
                     set: "service-ips".into(),
-                    keys: vec![ElemKey::from([
-                        Value::Addr("10.96.0.99".parse().unwrap()),
-                        Value::Proto(Protocol::Tcp),
-                        Value::Port(80),
-                    ])],
+                    keys: vec![
+                        ElemKey::new(&[
+                            Value::Addr("10.96.0.99".parse().unwrap()),
+                            Value::Proto(Protocol::Tcp),
+                            Value::Port(80),
+                        ])
+                        .unwrap(),
+                    ],
                 },
             )],
             vec![
@@ -709,13 +715,14 @@ mod tests {
                 elements: (0..3000u16)
                     .map(|i| {
                         (
-                            ElemKey::from([
+                            ElemKey::new(&[
                                 Value::Addr(
                                     format!("10.97.{}.{}", i / 250, i % 250).parse().unwrap(),
                                 ),
                                 Value::Proto(Protocol::Udp),
                                 Value::Port(1000 + i),
-                            ]),
+                            ])
+                            .unwrap(),
                             Element {
                                 value: Some(ElemValue::Verdict(Verdict::Goto("svc-a".into()))),
                                 comment: Some(format!("ns/svc-{i}:dns")),

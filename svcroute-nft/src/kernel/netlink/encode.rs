@@ -214,7 +214,11 @@ fn padded(parts: impl IntoIterator<Item = Vec<u8>>) -> Vec<u8> {
 }
 
 fn key_bytes(key: &ElemKey) -> Result<Vec<u8>, Unsupported> {
-    let parts = key.iter().map(value_bytes).collect::<Result<Vec<_>, _>>()?;
+    let parts = key
+        .values()
+        .iter()
+        .map(value_bytes)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(if parts.len() == 1 {
         parts.into_iter().flatten().collect()
     } else {
