@@ -28,8 +28,9 @@ const BATCH_BEGIN: u16 = 16;
 const BATCH_END: u16 = 17;
 
 /// Batches above this size go through `nft -f`: a netlink datagram must fit the socket's
-/// send buffer (208 KiB by default).
-const MAX_BATCH: usize = 64 * 1024;
+/// send buffer (208 KiB by default). It also keeps every attribute of a batch that is sent
+/// under 64 KiB, the most an attribute's 16-bit length can say.
+const MAX_BATCH: usize = 60 * 1024;
 
 const TOOL: &str = "netlink";
 
