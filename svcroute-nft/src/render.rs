@@ -12,7 +12,7 @@ use svcroute_core::select::{FamilyRouting, NoEndpointVerdict, ResolvedServicePor
 use crate::names::{self, PortNames, affinity_set, endpoint_map};
 use crate::ruleset::{
     BaseHook, Chain, ChainType, ElemKey, ElemValue, Element, Expr, Hook, KeyType, MarkOp, Operand,
-    Rule, Set, SetDecl, SetKind, Stmt, Table, Value, Verdict,
+    Rule, Set, SetDecl, SetKind, Stmt, Table, Value, Verdict, endpoint_text,
 };
 
 /// What one service port contributes to a family's table.
@@ -739,7 +739,9 @@ impl PortRenderer<'_> {
             }]),
             rule(vec![self.l4proto(), Stmt::DnatTo(*endpoint)]),
         ];
-        self.chain(sep, format!("{} -> {endpoint}", self.names.display), rules);
+        let text = endpoint_text(endpoint);
+        let display = &self.names.display;
+        self.chain(sep, [display, " -> ", &text].concat(), rules);
         self.out.sets.push((
             set,
             empty_set(SetDecl {
@@ -748,7 +750,7 @@ impl PortRenderer<'_> {
                 interval: false,
                 timeout: Some(timeout),
                 protocol: None,
-                comment: Some(format!("{} clients of {endpoint}", self.names.display)),
+                comment: Some([&self.names.display, " clients of ", &text].concat()),
             }),
         ));
     }

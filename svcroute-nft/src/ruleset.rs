@@ -908,6 +908,19 @@ fn write_endpoint(out: &mut TextOut<'_>, e: &SocketAddr, dnat: bool) {
     out.u32(u32::from(e.port()));
 }
 
+/// A socket address as its `Display` prints it (`a.b.c.d:port`, `[v6]:port`), IPv4 without
+/// the formatting machinery: a full render names many endpoints.
+pub(crate) fn endpoint_text(endpoint: &SocketAddr) -> String {
+    match endpoint {
+        SocketAddr::V4(_) => {
+            let mut text = String::with_capacity(21);
+            write_endpoint(&mut TextOut::new(&mut text), endpoint, true);
+            text
+        }
+        SocketAddr::V6(_) => endpoint.to_string(),
+    }
+}
+
 /// Writes an address as nft prints it (IPv6 in its shortest form).
 fn write_addr(out: &mut TextOut<'_>, addr: &IpAddr) {
     match addr {
@@ -1361,6 +1374,19 @@ mod tests {
             ElemKey::from([v6, v6]).values().as_ref(),
             [v6, v6].as_slice()
         );
+    }
+
+    #[test]
+    fn endpoint_text_is_the_display_text() {
+        for e in [
+            "10.244.1.2:8080",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[fd00::1]:80",
+        ] {
+            let e: SocketAddr = e.parse().unwrap();
+            assert_eq!(endpoint_text(&e), e.to_string());
+        }
     }
 
     #[test]
