@@ -53,6 +53,15 @@
 //! changes maps and sets element by element, deletes chains and sets that disappeared after
 //! everything pointing at them is gone, and never rewrites a shared chain: taking one endpoint
 //! out is a few element lines whatever the number of services.
+//!
+//! # Full syncs
+//!
+//! A full sync renders every service port on every core; each thread gathers and sorts what
+//! its ports contribute ([`state::PortRun`]), and the shadow's maps are built by merging the
+//! threads' sorted runs. The transaction shares the shadow's tables
+//! ([`transaction::Command::AddContents`]) and its text is written straight from them, on
+//! every core for large tables. Element keys are packed inline ([`ruleset::ElemKey`]): a
+//! table holds hundreds of thousands of them.
 
 #![forbid(unsafe_code)]
 
