@@ -448,20 +448,24 @@ impl ElemKey {
             len: 0,
             values: [Value::Int(0); ElemKey::MAX_LEN],
         };
-        let bytes = self.bytes();
-        let mut rest = ElemKey::packed(&bytes);
-        while let Some((&kind, after)) = rest.split_first() {
-            let Some((value, after)) = unpack(kind, after) else {
-                break;
-            };
-            let Some(slot) = out.values.get_mut(usize::from(out.len)) else {
-                break;
-            };
+        for (slot, value) in out.values.iter_mut().zip(self.iter()) {
             *slot = value;
             out.len += 1;
-            rest = after;
         }
         out
+    }
+
+    /// The components, in order, unpacked one at a time.
+    pub fn iter(&self) -> impl Iterator<Item = Value> {
+        let bytes = self.bytes();
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let packed = ElemKey::packed(&bytes);
+            let (&kind, rest) = packed.get(at..)?.split_first()?;
+            let (value, after) = unpack(kind, rest)?;
+            at = packed.len() - after.len();
+            Some(value)
+        })
     }
 
     /// The number of components.
@@ -1128,15 +1132,19 @@ impl SetDecl {
 
 /// Writes one element: `KEY [comment "..."] [: VALUE]`.
 pub fn write_element(out: &mut String, key: &[Value], elem: &Element) {
-    write_element_to(&mut TextOut::new(out), key, elem);
+    write_element_to(&mut TextOut::new(out), key.iter().copied(), elem);
 }
 
-pub(crate) fn write_element_to(out: &mut TextOut<'_>, key: &[Value], elem: &Element) {
-    for (i, v) in key.iter().enumerate() {
+pub(crate) fn write_element_to(
+    out: &mut TextOut<'_>,
+    key: impl Iterator<Item = Value>,
+    elem: &Element,
+) {
+    for (i, v) in key.enumerate() {
         if i > 0 {
             out.push_str(" . ");
         }
-        write_value(out, v);
+        write_value(out, &v);
     }
     if let Some(c) = &elem.comment {
         out.push_str(" comment ");
