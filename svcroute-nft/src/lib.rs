@@ -74,6 +74,15 @@
 //! address then costs under a millisecond at any size. When the change adds or replaces a
 //! rule, the kernel re-validates every chain reachable from our base chains at commit, which
 //! is what bounds that case (tens of milliseconds at 5,000 services, see `BENCHMARKS.md`).
+//!
+//! # Full syncs
+//!
+//! A full sync renders every service port on every core; each thread gathers and sorts what
+//! its ports contribute ([`state::PortRun`]), and the shadow's maps are built by merging the
+//! threads' sorted runs. The transaction shares the shadow's tables
+//! ([`transaction::Command::AddContents`]) and its text is written straight from them, on
+//! every core for large tables. Element keys are packed inline ([`ruleset::ElemKey`]): a
+//! table holds hundreds of thousands of them.
 
 #![forbid(unsafe_code)]
 

@@ -9,6 +9,8 @@ use svcroute_core::model::TrafficPolicy;
 use svcroute_core::naming::{endpoint_hash, port_hash_of};
 use svcroute_core::select::ServicePortName;
 
+use crate::ruleset::endpoint_text;
+
 /// The default name of our table (one per family: `ip svcroute`, `ip6 svcroute`).
 pub const TABLE: &str = "svcroute";
 
@@ -117,10 +119,8 @@ impl PortNames {
 
     /// `sep-E`: the chain of one endpoint (only services with session affinity have them).
     pub fn sep(&self, name: &ServicePortName, endpoint: &SocketAddr) -> String {
-        format!(
-            "sep-{}",
-            endpoint_hash(&self.text, name, &endpoint.to_string())
-        )
+        let hash = endpoint_hash(&self.text, name, &endpoint_text(endpoint));
+        ["sep-", &hash].concat()
     }
 }
 

@@ -12,7 +12,7 @@ use svcroute_core::select::{FamilyRouting, NoEndpointVerdict, ResolvedServicePor
 use crate::names::{self, PortNames, affinity_id, endpoint_map};
 use crate::ruleset::{
     BaseHook, Chain, ChainType, ElemKey, ElemValue, Element, Expr, Hook, KeyType, MarkOp, Operand,
-    Rule, Set, SetDecl, SetKind, Stmt, Table, Value, Verdict,
+    Rule, Set, SetDecl, SetKind, Stmt, Table, Value, Verdict, endpoint_text,
 };
 
 /// What one service port contributes to a family's table.
@@ -745,7 +745,8 @@ impl PortRenderer<'_> {
             }]),
             rule(vec![self.l4proto(), Stmt::DnatTo(*endpoint)]),
         ];
-        self.chain(sep, format!("{} -> {endpoint}", self.names.display), rules);
+        let text = endpoint_text(endpoint);
+        self.chain(sep, [&self.names.display, " -> ", &text].concat(), rules);
     }
 
     /// The port's affinity set: `client . endpoint ID`, refreshed by each new connection.
@@ -759,7 +760,7 @@ impl PortRenderer<'_> {
                 timeout: Some(timeout),
                 size: Some(AFFINITY_SET_SIZE),
                 protocol: None,
-                comment: Some(format!("{} ClientIP affinity", self.names.display)),
+                comment: Some([&self.names.display, " ClientIP affinity"].concat()),
             }),
         ));
     }

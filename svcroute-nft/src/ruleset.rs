@@ -458,20 +458,24 @@ impl ElemKey {
             len: 0,
             values: [Value::Int(0); ElemKey::MAX_LEN],
         };
-        let bytes = self.bytes();
-        let mut rest = ElemKey::packed(&bytes);
-        while let Some((&kind, after)) = rest.split_first() {
-            let Some((value, after)) = unpack(kind, after) else {
-                break;
-            };
-            let Some(slot) = out.values.get_mut(usize::from(out.len)) else {
-                break;
-            };
+        for (slot, value) in out.values.iter_mut().zip(self.iter()) {
             *slot = value;
             out.len += 1;
-            rest = after;
         }
         out
+    }
+
+    /// The components, in order, unpacked one at a time.
+    pub fn iter(&self) -> impl Iterator<Item = Value> {
+        let bytes = self.bytes();
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let packed = ElemKey::packed(&bytes);
+            let (&kind, rest) = packed.get(at..)?.split_first()?;
+            let (value, after) = unpack(kind, rest)?;
+            at = packed.len() - after.len();
+            Some(value)
+        })
     }
 
     /// The number of components.
@@ -935,6 +939,19 @@ fn write_endpoint(out: &mut TextOut<'_>, e: &SocketAddr, dnat: bool) {
     out.u32(u32::from(e.port()));
 }
 
+/// A socket address as its `Display` prints it (`a.b.c.d:port`, `[v6]:port`), IPv4 without
+/// the formatting machinery: a full render names many endpoints.
+pub(crate) fn endpoint_text(endpoint: &SocketAddr) -> String {
+    match endpoint {
+        SocketAddr::V4(_) => {
+            let mut text = String::with_capacity(21);
+            write_endpoint(&mut TextOut::new(&mut text), endpoint, true);
+            text
+        }
+        SocketAddr::V6(_) => endpoint.to_string(),
+    }
+}
+
 /// Writes an address as nft prints it (IPv6 in its shortest form).
 fn write_addr(out: &mut TextOut<'_>, addr: &IpAddr) {
     match addr {
@@ -1159,15 +1176,19 @@ impl SetDecl {
 
 /// Writes one element: `KEY [comment "..."] [: VALUE]`.
 pub fn write_element(out: &mut String, key: &[Value], elem: &Element) {
-    write_element_to(&mut TextOut::new(out), key, elem);
+    write_element_to(&mut TextOut::new(out), key.iter().copied(), elem);
 }
 
-pub(crate) fn write_element_to(out: &mut TextOut<'_>, key: &[Value], elem: &Element) {
-    for (i, v) in key.iter().enumerate() {
+pub(crate) fn write_element_to(
+    out: &mut TextOut<'_>,
+    key: impl Iterator<Item = Value>,
+    elem: &Element,
+) {
+    for (i, v) in key.enumerate() {
         if i > 0 {
             out.push_str(" . ");
         }
-        write_value(out, v);
+        write_value(out, &v);
     }
     if let Some(c) = &elem.comment {
         out.push_str(" comment ");
@@ -1407,6 +1428,19 @@ mod tests {
             ElemKey::from([v6, v6]).values().as_ref(),
             [v6, v6].as_slice()
         );
+    }
+
+    #[test]
+    fn endpoint_text_is_the_display_text() {
+        for e in [
+            "10.244.1.2:8080",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[fd00::1]:80",
+        ] {
+            let e: SocketAddr = e.parse().unwrap();
+            assert_eq!(endpoint_text(&e), e.to_string());
+        }
     }
 
     #[test]

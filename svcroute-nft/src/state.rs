@@ -47,15 +47,6 @@ fn contribute(
     }
 }
 
-/// The ports contributing one shared key, sorted by name. The first one's element is the
-/// programmed one and lives in the table only; the others' are kept here for when it goes.
-/// (Most keys have one contributor; endpoint IPs and ClusterIPs may have more.)
-#[derive(Debug, Clone)]
-struct Contributors {
-    first: Arc<ServicePortName>,
-    others: Vec<Contribution>,
-}
-
 /// The contributions to one shared set, gathered by a [`PortRun`].
 #[derive(Debug)]
 struct SharedBucket {
@@ -105,7 +96,8 @@ impl SharedBucket {
         // Stable: runs sorted already are merged.
         self.keys.sort();
         let mut programmed = Vec::with_capacity(self.keys.len());
-        let mut contributors = Vec::with_capacity(self.keys.len());
+        let mut firsts = Vec::with_capacity(self.keys.len());
+        let mut others = Vec::new();
         for run in self.keys.chunk_by(|a, b| a.0 == b.0) {
             let key = run[0].0;
             let mut all = run
@@ -116,8 +108,7 @@ impl SharedBucket {
             };
             let Some(second) = all.next() else {
                 programmed.push((key, element));
-                let others = Vec::new();
-                contributors.push((key, Contributors { first, others }));
+                firsts.push((key, first));
                 continue;
             };
             // Several: sorted by port name, a port's last element counting.
@@ -130,13 +121,14 @@ impl SharedBucket {
                 continue;
             };
             programmed.push((key, element));
-            let others = sorted.collect();
-            contributors.push((key, Contributors { first, others }));
+            firsts.push((key, first));
+            others.push((SharedKey::new(self.set, key), sorted.collect()));
         }
         Grouped {
             set: self.set,
             programmed,
-            contributors,
+            firsts,
+            others,
         }
     }
 }
@@ -146,8 +138,10 @@ struct Grouped {
     set: &'static str,
     /// The programmed element of every key, sorted by key.
     programmed: Vec<(ElemKey, Element)>,
-    /// The contributors of every key, sorted by key.
-    contributors: Vec<(ElemKey, Contributors)>,
+    /// The port of every key's programmed element, sorted by key.
+    firsts: Vec<(ElemKey, Arc<ServicePortName>)>,
+    /// The other contributions of keys with several, sorted by key and port name.
+    others: Vec<(SharedKey, Vec<Contribution>)>,
 }
 
 /// Service ports gathered for a [`FamilyState`]: render threads each gather theirs while the
@@ -219,8 +213,12 @@ pub struct FamilyState {
     /// change after that transaction is gone modifies it in place.
     table: Arc<Table>,
     ports: BTreeMap<Arc<ServicePortName>, PortRecord>,
-    /// Who contributes each shared key, set by set (every shared set is in the skeleton).
-    shared: BTreeMap<&'static str, BTreeMap<ElemKey, Contributors>>,
+    /// The port whose element is programmed for each shared key, set by set (every shared set
+    /// is in the skeleton): the first contributor by name.
+    shared: BTreeMap<&'static str, BTreeMap<ElemKey, Arc<ServicePortName>>>,
+    /// The other contributions, sorted by port name, of the keys that have several (endpoint
+    /// IPs and ClusterIPs may), kept for when the programmed one goes.
+    contested: BTreeMap<SharedKey, Vec<Contribution>>,
 }
 
 /// What one service port owns: the names of its chains and sets (their bodies live in the
@@ -353,10 +351,12 @@ impl FamilyState {
                     .collect::<Vec<_>>()
             },
         );
-        let (programmed, contributors): (Vec<_>, Vec<_>) = grouped
-            .into_iter()
-            .map(|g| ((g.set, g.programmed), (g.set, g.contributors)))
-            .unzip();
+        let (mut programmed, mut firsts, mut contested) = (vec![], vec![], vec![]);
+        for g in grouped {
+            programmed.push((g.set, g.programmed));
+            firsts.push((g.set, g.firsts));
+            contested.extend(g.others);
+        }
         let (programmed, shared) = join(
             parallel,
             || {
@@ -365,8 +365,8 @@ impl FamilyState {
                     .collect::<Vec<_>>()
             },
             || {
-                let maps = contributors.into_iter();
-                maps.map(|(set, c)| (set, BTreeMap::from_iter(c)))
+                let maps = firsts.into_iter();
+                maps.map(|(set, f)| (set, BTreeMap::from_iter(f)))
                     .collect::<BTreeMap<_, _>>()
             },
         );
@@ -385,6 +385,7 @@ impl FamilyState {
             table: Arc::new(table),
             ports,
             shared,
+            contested: BTreeMap::from_iter(contested),
         }
     }
 
@@ -524,25 +525,24 @@ impl FamilyState {
 
     /// Every contribution to a shared key, sorted by port name.
     fn contributions(&self, shared_key: &SharedKey) -> Vec<Contribution> {
-        let Some(contributors) = self.contributors(shared_key) else {
+        let Some(first) = self.first(shared_key) else {
             return Vec::new();
         };
         let first = self
             .programmed(shared_key)
-            .map(|element| (Arc::clone(&contributors.first), element.clone()));
-        first
-            .into_iter()
-            .chain(contributors.others.iter().cloned())
-            .collect()
+            .map(|element| (Arc::clone(first), element.clone()));
+        let others = self.contested.get(shared_key).into_iter().flatten();
+        first.into_iter().chain(others.cloned()).collect()
     }
 
-    fn contributors(&self, shared_key: &SharedKey) -> Option<&Contributors> {
+    /// The port whose element is programmed for a shared key.
+    fn first(&self, shared_key: &SharedKey) -> Option<&Arc<ServicePortName>> {
         self.shared.get(shared_key.set)?.get(&shared_key.key)
     }
 
     /// The programmed element of a shared key (its first contributor's).
     fn programmed(&self, shared_key: &SharedKey) -> Option<&Element> {
-        self.contributors(shared_key)?;
+        self.first(shared_key)?;
         let set = self.table.sets.get(shared_key.set)?;
         set.elements.get(&shared_key.key)
     }
@@ -703,9 +703,7 @@ impl FamilyState {
                 if let Some(target) = target {
                     target.elements.insert(shared_key.key, element);
                 }
-                let others = contributions.collect();
-                (self.shared.entry(shared_key.set).or_default())
-                    .insert(shared_key.key, Contributors { first, others });
+                (self.shared.entry(shared_key.set).or_default()).insert(shared_key.key, first);
             }
             None => {
                 if let Some(target) = target {
@@ -715,6 +713,12 @@ impl FamilyState {
                     set.remove(&shared_key.key);
                 }
             }
+        }
+        let others: Vec<Contribution> = contributions.collect();
+        if others.is_empty() {
+            self.contested.remove(&shared_key);
+        } else {
+            self.contested.insert(shared_key, others);
         }
     }
 }
