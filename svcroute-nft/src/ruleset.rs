@@ -771,13 +771,21 @@ impl<'a> TextOut<'a> {
         self.len += digits;
     }
 
-    /// Appends an IPv4 address as `a.b.c.d`.
+    /// Appends an IPv4 address as `a.b.c.d` (the most common text of a full sync: octets come
+    /// from a table).
     pub(crate) fn ipv4(&mut self, addr: Ipv4Addr) {
+        // Four octets of up to three digits, dots, and room to copy three digits each time.
+        if self.len + 16 > self.buf.len() {
+            self.flush();
+        }
         for (i, octet) in addr.octets().into_iter().enumerate() {
             if i > 0 {
-                self.push('.');
+                self.buf[self.len] = b'.';
+                self.len += 1;
             }
-            self.u32(u32::from(octet));
+            let [len, digits @ ..] = OCTETS[usize::from(octet)];
+            self.buf[self.len..self.len + 3].copy_from_slice(&digits);
+            self.len += usize::from(len);
         }
     }
 
@@ -793,6 +801,23 @@ impl<'a> TextOut<'a> {
         self.len = 0;
     }
 }
+
+/// The decimal text of every octet: its length, then its digits.
+const OCTETS: [[u8; 4]; 256] = {
+    let mut table = [[0; 4]; 256];
+    let mut n = 0;
+    while n < 256 {
+        // n < 256: the casts cannot truncate.
+        let (a, b, c) = ((n / 100) as u8, (n / 10 % 10) as u8, (n % 10) as u8);
+        table[n] = match n {
+            0..10 => [1, b'0' + c, 0, 0],
+            10..100 => [2, b'0' + b, b'0' + c, 0],
+            _ => [3, b'0' + a, b'0' + b, b'0' + c],
+        };
+        n += 1;
+    }
+    table
+};
 
 /// Copies `src` to the start of `dst`. Short pieces (most of them) are copied by two
 /// overlapping moves of a fixed size, which the compiler inlines, rather than by a call to
@@ -1176,20 +1201,56 @@ impl SetDecl {
 
 /// Writes one element: `KEY [comment "..."] [: VALUE]`.
 pub fn write_element(out: &mut String, key: &[Value], elem: &Element) {
-    write_element_to(&mut TextOut::new(out), key.iter().copied(), elem);
-}
-
-pub(crate) fn write_element_to(
-    out: &mut TextOut<'_>,
-    key: impl Iterator<Item = Value>,
-    elem: &Element,
-) {
-    for (i, v) in key.enumerate() {
+    let mut out = TextOut::new(out);
+    for (i, v) in key.iter().enumerate() {
         if i > 0 {
             out.push_str(" . ");
         }
-        write_value(out, &v);
+        write_value(&mut out, v);
     }
+    write_element_data(&mut out, elem);
+}
+
+/// Writes one element of a table (see [`write_element`]), its key straight from its packed
+/// bytes: most of a full sync's text is elements.
+pub(crate) fn write_element_to(out: &mut TextOut<'_>, key: &ElemKey, elem: &Element) {
+    let bytes = key.bytes();
+    let mut rest = ElemKey::packed(&bytes);
+    let mut first = true;
+    while let Some((&kind, after)) = rest.split_first() {
+        if !first {
+            out.push_str(" . ");
+        }
+        first = false;
+        rest = match kind {
+            kind::ADDR4 => {
+                let Some((addr, after)) = take::<4>(after) else {
+                    break;
+                };
+                out.ipv4(Ipv4Addr::from(addr));
+                after
+            }
+            kind::INT => {
+                let Some((int, after)) = take::<4>(after) else {
+                    break;
+                };
+                out.u32(u32::from_be_bytes(int));
+                after
+            }
+            _ => {
+                let Some((value, after)) = unpack(kind, after) else {
+                    break;
+                };
+                write_value(out, &value);
+                after
+            }
+        };
+    }
+    write_element_data(out, elem);
+}
+
+/// The comment and value of an element.
+fn write_element_data(out: &mut TextOut<'_>, elem: &Element) {
     if let Some(c) = &elem.comment {
         out.push_str(" comment ");
         quoted(out, c);
@@ -1428,6 +1489,46 @@ mod tests {
             ElemKey::from([v6, v6]).values().as_ref(),
             [v6, v6].as_slice()
         );
+    }
+
+    #[test]
+    fn packed_keys_print_as_their_values() {
+        let v4 = Value::Addr("10.1.200.3".parse().unwrap());
+        let v6 = Value::Addr("fd00::1".parse().unwrap());
+        let keys = [
+            vec![Value::Int(7)],
+            vec![v4, v4],
+            vec![v6, v6],
+            vec![v4, Value::Proto(Protocol::Sctp), Value::Port(8080)],
+            vec![Value::Proto(Protocol::Udp), Value::Port(30053)],
+            vec![Value::Net("10.64.0.0/10".parse().unwrap())],
+            vec![Value::Net("fd00:10::/64".parse().unwrap())],
+        ];
+        let elem = Element {
+            value: Some(ElemValue::Endpoint("10.244.1.2:8080".parse().unwrap())),
+            comment: Some("ns/svc:http".into()),
+        };
+        for key in keys {
+            let mut expected = String::new();
+            write_element(&mut expected, &key, &elem);
+            let mut text = String::new();
+            write_element_to(
+                &mut TextOut::new(&mut text),
+                &ElemKey::new(&key).unwrap(),
+                &elem,
+            );
+            assert_eq!(text, expected);
+        }
+    }
+
+    #[test]
+    fn ipv4_text_is_the_display_text() {
+        for octet in 0..=255u8 {
+            let addr = Ipv4Addr::new(octet, 255 - octet, octet / 3, 7);
+            let mut text = String::new();
+            TextOut::new(&mut text).ipv4(addr);
+            assert_eq!(text, addr.to_string());
+        }
     }
 
     #[test]

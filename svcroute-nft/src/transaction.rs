@@ -279,7 +279,7 @@ impl<'a> Line<'a> {
                 if i > 0 {
                     self.out.push_str(", ");
                 }
-                write_element_to(&mut self.out, key.iter(), elem);
+                write_element_to(&mut self.out, key, elem);
             }
             self.out.push_str(" }\n");
         }
