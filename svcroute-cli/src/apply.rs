@@ -169,7 +169,7 @@ pub fn apply(
         }
         RulesBackend::Nft => {
             if args.dry_run {
-                let tx = svcroute_nft::apply::render_full(svcroute_nft::names::TABLE, desired);
+                let tx = svcroute_nft::apply::render_full(desired, &Default::default());
                 render::write(out, format, &render::nft_payload(&tx))?;
                 return Ok(());
             }

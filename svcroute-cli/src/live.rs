@@ -6,8 +6,9 @@
 //! its packets (exit status 1), not the run.
 //!
 //! - iptables ([`open`]): `iptables-save`, parsed and compiled into a tracer.
-//! - nft ([`open_nft`]): svcroute's table of the family (`nft -j list table ip svcroute`),
-//!   traced with `svcroute_nft::trace::trace_table`; no table means no match.
+//! - nft ([`open_nft`]): svcroute's tables of the family (the common table `svcroute` and its
+//!   shards `svcroute-N`, each read with `nft -j list table`), traced with
+//!   `svcroute_nft::trace::trace`; no table means no match.
 
 use std::sync::OnceLock;
 
@@ -17,7 +18,7 @@ use svcroute_iptables::SystemKernel;
 use svcroute_iptables::kernel::Kernel;
 use svcroute_iptables::parse::parse_save;
 use svcroute_iptables::trace::Tracer as RulesTracer;
-use svcroute_nft::kernel::Kernel as _;
+use svcroute_nft::kernel::list_ours;
 use svcroute_nft::ruleset::{Table, family_name};
 use svcroute_nft::{SystemKernel as NftKernel, names};
 
@@ -100,29 +101,32 @@ pub fn open_nft(kernel: NftKernel, config: &ProxyConfig) -> Backend<'_> {
     )
 }
 
-/// svcroute's nftables tables in the kernel, read per family on first use (`None`: the
-/// family has no table).
+/// svcroute's nftables tables in the kernel, read per family on first use (none: the family
+/// has no table).
 struct LiveTables<'a> {
     kernel: NftKernel,
     config: &'a ProxyConfig,
-    ipv4: OnceLock<Result<Option<Table>, TraceFailure>>,
-    ipv6: OnceLock<Result<Option<Table>, TraceFailure>>,
+    ipv4: OnceLock<Result<Vec<Table>, TraceFailure>>,
+    ipv6: OnceLock<Result<Vec<Table>, TraceFailure>>,
 }
 
 impl LiveTables<'_> {
-    /// Reads our table of `family`.
-    fn load(&self, family: IpFamily) -> Result<Option<Table>, TraceFailure> {
-        // `list_table` needs `&mut`; the kernel handle is only a namespace name.
+    /// Reads our tables of `family`.
+    fn load(&self, family: IpFamily) -> Result<Vec<Table>, TraceFailure> {
+        // Reading needs `&mut`; the kernel handle is only a namespace name.
         let mut kernel = self.kernel.clone();
-        kernel.list_table(family, names::TABLE).map_err(|e| {
-            let message = e.to_string();
-            TraceFailure::Rules(format!(
-                "cannot read this node's table {} {}: {message}{}",
-                family_name(family),
-                names::TABLE,
-                kernel_hint(KernelTool::Nft, &message)
-            ))
-        })
+        match list_ours(&mut kernel, names::TABLE, family) {
+            Ok(tables) => Ok(tables.into_iter().map(|(_, t)| t).collect()),
+            Err(e) => {
+                let message = e.to_string();
+                Err(TraceFailure::Rules(format!(
+                    "cannot read this node's tables {} {}*: {message}{}",
+                    family_name(family),
+                    names::TABLE,
+                    kernel_hint(KernelTool::Nft, &message)
+                )))
+            }
+        }
     }
 }
 
@@ -137,11 +141,10 @@ impl Tracer for LiveTables<'_> {
             IpFamily::IPv6 => &self.ipv6,
         };
         match slot.get_or_init(|| self.load(family)) {
-            Ok(table) => Ok(svcroute_nft::trace::trace_table(
-                self.config,
-                table.as_ref(),
-                packet,
-            )?),
+            Ok(tables) => {
+                let tables: Vec<&Table> = tables.iter().collect();
+                Ok(svcroute_nft::trace::trace(self.config, &tables, packet)?)
+            }
             Err(e) => Err(e.clone()),
         }
     }

@@ -85,8 +85,8 @@ pub fn render(backend: RulesBackend, desired: &Desired) -> Vec<Payload> {
         }
         // The full sync does not depend on what the kernel holds: this is what `apply` runs.
         RulesBackend::Nft => nft_payload(&svcroute_nft::apply::render_full(
-            svcroute_nft::names::TABLE,
             desired,
+            &svcroute_nft::Options::default(),
         )),
     }
 }

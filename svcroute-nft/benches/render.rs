@@ -20,9 +20,9 @@ use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_m
 use svcroute_core::model::IpFamily;
 use svcroute_core::watch::Event;
 use svcroute_core::{ChangeSet, Desired};
+use svcroute_nft::Options;
 use svcroute_nft::apply::{Plan, desired_states, full_transaction};
-use svcroute_nft::names;
-use svcroute_nft::state::FamilyState;
+use svcroute_nft::shards::FamilyTables;
 
 use common::{Workload, flip_first_endpoint};
 
@@ -44,14 +44,15 @@ fn full_render(c: &mut Criterion) {
     for w in WORKLOADS {
         let state = w.build_state();
         let desired = state.desired();
-        let bytes = full_transaction(names::TABLE, &desired_states(desired))
+        let options = Options::default();
+        let bytes = full_transaction(&[], &desired_states(desired, &options))
             .text()
             .len();
         eprintln!("full_render/{}: {bytes} bytes", w.id());
         group.bench_function(w.id(), |b| {
             b.iter_with_large_drop(|| {
-                let states = desired_states(desired);
-                let text = full_transaction(names::TABLE, &states).text();
+                let states = desired_states(desired, &options);
+                let text = full_transaction(&[], &states).text();
                 (states, text)
             })
         });
@@ -62,11 +63,11 @@ fn full_render(c: &mut Criterion) {
 /// Plans every family's incremental sync for `changes` and records it (as `apply` does once
 /// the kernel took it); returns the transaction bytes.
 fn plan(
-    states: &mut BTreeMap<IpFamily, FamilyState>,
+    states: &mut BTreeMap<IpFamily, FamilyTables>,
     desired: &Desired,
     changes: &ChangeSet,
 ) -> usize {
-    let plan = Plan::new(names::TABLE, states, desired, changes);
+    let plan = Plan::new(states, desired, changes);
     let bytes = plan.transaction.text().len();
     plan.commit(states);
     bytes
@@ -80,7 +81,7 @@ fn one_endpoint_change(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3));
     for w in WORKLOADS {
         let mut state = w.build_state();
-        let mut states = desired_states(state.desired());
+        let mut states = desired_states(state.desired(), &Options::default());
         let original = w.slice(w.changed_index());
         let flipped = flip_first_endpoint(&original);
         state

@@ -1,12 +1,12 @@
 //! [`NftDataplane`]: the [`Dataplane`] contract over a [`Kernel`].
 //!
-//! - `sync_full` replaces our table of every family in one transaction (`add table`, `delete
+//! - `sync_full` replaces our tables of every family in one transaction (`add table`, `delete
 //!   table`, then everything): it adopts whatever an earlier run or anyone else left in our
-//!   table, and deletes our table of a family no longer handled. Nothing outside our tables is
-//!   touched.
+//!   tables, deletes shards an earlier run had and this one does not, and deletes our tables
+//!   of a family no longer handled. Nothing outside our tables is touched.
 //! - `apply` renders only the changed service ports and writes their difference
-//!   ([`FamilyState::plan`]) for both families in one transaction; an empty change set writes
-//!   nothing; changed settings mean a full sync.
+//!   ([`FamilyTables::plan`]) for both families in one transaction; an empty change set writes
+//!   nothing; changed settings, or a family that outgrew its shards, mean a full sync.
 //! - nf_tables transactions are atomic: a failed one changes nothing in the kernel. The shadow
 //!   (what `trace` reads) stays as it was and the next call is a full sync.
 //! - After a successful incremental sync, conntrack entries of UDP flows to removed endpoints
@@ -20,30 +20,35 @@ use svcroute_core::conntrack::stale_flows_per_family;
 use svcroute_core::dataplane::{ApplyReport, Capabilities, SyncKind};
 use svcroute_core::decide::Packet;
 use svcroute_core::model::{IpFamily, ProxyConfig};
-use svcroute_core::select::ResolvedServicePort;
 use svcroute_core::{ChangeSet, Dataplane, DataplaneError, Decision, Desired, TraceError};
 
 use crate::kernel::{Kernel, KernelError};
 use crate::names;
+use crate::render;
 use crate::ruleset::Table;
-use crate::state::{FamilyState, PortChanges, PortRun};
+use crate::shards::{self, FamilyPlan, FamilyTables, PartChanges};
 use crate::trace;
-use crate::transaction::{Command, Transaction};
-use crate::{parallel, render};
+use crate::transaction::{Command, TableId, Transaction};
 
 const BACKEND: &str = "nft";
 
 /// Tuning of the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
-    /// The name of our table in each family (default [`names::TABLE`]).
+    /// The name of our common table in each family (default [`names::TABLE`]); the shards
+    /// are named after it (`svcroute-0`, ...).
     pub table: String,
+    /// Service ports a shard should hold (default [`shards::PORTS_PER_SHARD`]): a full sync
+    /// makes as many shards as this calls for, and a family that grows past twice as many
+    /// gets a full sync into more.
+    pub ports_per_shard: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             table: names::TABLE.to_string(),
+            ports_per_shard: shards::PORTS_PER_SHARD,
         }
     }
 }
@@ -52,7 +57,7 @@ impl Default for Options {
 #[derive(Debug, Default)]
 struct Shadow {
     config: Option<Arc<ProxyConfig>>,
-    families: BTreeMap<IpFamily, FamilyState>,
+    families: BTreeMap<IpFamily, FamilyTables>,
 }
 
 /// The nftables dataplane. See the crate and module docs.
@@ -95,49 +100,24 @@ fn kernel_error(operation: &str, e: KernelError) -> DataplaneError {
     }
 }
 
-/// The objects of every service port in `family`, gathered for [`FamilyState::from_runs`].
-/// Ports render independently, so large states render on every core: threads take pieces
-/// of the ports as they go, and gather their objects while they are hot in their cache.
-fn render_ports(desired: &Desired, family: IpFamily) -> Vec<PortRun> {
-    const PORTS_PER_PIECE: usize = 512;
-    let config = desired.config();
-    let ports: Vec<&Arc<ResolvedServicePort>> = desired.ports().collect();
-    parallel::fold_pieces(
-        &ports,
-        PORTS_PER_PIECE,
-        PortRun::default,
-        |run, ports| {
-            for port in ports {
-                if let Some(objects) = render::port_objects(config, port, family) {
-                    run.push(port.name.clone(), objects);
-                }
-            }
-        },
-        |mut run| {
-            run.sort();
-            run
-        },
-    )
-}
-
-/// The full state of one family under `desired`.
-pub fn desired_state(desired: &Desired, family: IpFamily) -> FamilyState {
-    FamilyState::from_runs(
-        render::skeleton(desired.config(), family),
-        render_ports(desired, family),
-    )
-}
-
-/// The transaction of a full sync to `states`: each family's table is deleted (created first,
-/// so the deletion cannot fail) and, when handled, written again.
-pub fn full_transaction(table: &str, states: &BTreeMap<IpFamily, FamilyState>) -> Transaction {
-    let mut tx = Transaction::new(table);
-    for family in IpFamily::ALL {
-        tx.push(family, Command::AddTable { comment: None });
-        tx.push(family, Command::DeleteTable);
-        if let Some(state) = states.get(&family) {
-            state.write_full(&mut tx);
-        }
+/// The transaction of a full sync to `states`: each of our tables that exists (`existing`) or
+/// will be written is deleted (created first, so the deletion cannot fail), then each
+/// family's tables are written.
+pub fn full_transaction(
+    existing: &[TableId],
+    states: &BTreeMap<IpFamily, FamilyTables>,
+) -> Transaction {
+    let mut tx = Transaction::new();
+    let written = states.values().flat_map(|s| s.tables().map(|(id, _)| id));
+    let mut gone: Vec<&TableId> = existing.iter().chain(written).collect();
+    gone.sort();
+    gone.dedup();
+    for id in gone {
+        tx.push(id, Command::AddTable { comment: None });
+        tx.push(id, Command::DeleteTable);
+    }
+    for state in states.values() {
+        state.write_full(&mut tx);
     }
     tx
 }
@@ -148,62 +128,64 @@ pub fn full_transaction(table: &str, states: &BTreeMap<IpFamily, FamilyState>) -
 pub struct Plan {
     /// The transaction (empty when nothing changes in the kernel).
     pub transaction: Transaction,
-    rendered: Vec<(IpFamily, PortChanges)>,
+    planned: Vec<(IpFamily, FamilyPlan)>,
 }
 
 impl Plan {
     /// Renders the changed ports of every family in `states` and plans their difference.
     pub fn new(
-        table: &str,
-        states: &BTreeMap<IpFamily, FamilyState>,
+        states: &BTreeMap<IpFamily, FamilyTables>,
         desired: &Desired,
         changes: &ChangeSet,
     ) -> Self {
         let config = desired.config();
-        let mut transaction = Transaction::new(table);
-        let mut rendered = Vec::new();
+        let mut transaction = Transaction::new();
+        let mut planned = Vec::new();
         for (family, state) in states {
-            let mut family_changes: PortChanges = changes
+            let family_changes: PartChanges = changes
                 .changes()
                 .iter()
                 .map(|c| {
-                    let objects = c
+                    let parts = c
                         .current
                         .as_ref()
                         .and_then(|p| render::port_objects(config, p, *family));
-                    (c.name.clone(), objects)
+                    (c.name.clone(), parts)
                 })
                 .collect();
-            state.plan(&mut family_changes, &mut transaction);
-            rendered.push((*family, family_changes));
+            let plan = state.plan(family_changes, &mut transaction);
+            planned.push((*family, plan));
         }
         Plan {
             transaction,
-            rendered,
+            planned,
         }
     }
 
     /// Records in `states` that the kernel holds the planned result.
-    pub fn commit(self, states: &mut BTreeMap<IpFamily, FamilyState>) {
-        for (family, family_changes) in self.rendered {
+    pub fn commit(self, states: &mut BTreeMap<IpFamily, FamilyTables>) {
+        for (family, plan) in self.planned {
             if let Some(state) = states.get_mut(&family) {
-                state.commit(family_changes);
+                state.commit(plan);
             }
         }
     }
 }
 
-/// The full state of every family `desired` handles. Families are built at the same time:
-/// the smaller one fills the cores while the other one merges its runs.
-pub fn desired_states(desired: &Desired) -> BTreeMap<IpFamily, FamilyState> {
+/// The tables of every family `desired` handles. Families are built at the same time: the
+/// smaller one fills the cores while the other one merges its runs.
+pub fn desired_states(desired: &Desired, options: &Options) -> BTreeMap<IpFamily, FamilyTables> {
     let families: Vec<IpFamily> = IpFamily::ALL
         .into_iter()
         .filter(|f| desired.config().handles(*f))
         .collect();
+    let build = |family: IpFamily| {
+        FamilyTables::build(desired, family, &options.table, options.ports_per_shard)
+    };
     std::thread::scope(|scope| {
         let handles: Vec<_> = families
             .iter()
-            .map(|f| (*f, scope.spawn(|| desired_state(desired, *f))))
+            .map(|f| (*f, scope.spawn(move || build(*f))))
             .collect();
         handles
             .into_iter()
@@ -215,9 +197,10 @@ pub fn desired_states(desired: &Desired) -> BTreeMap<IpFamily, FamilyState> {
     })
 }
 
-/// The full transaction for `desired` (what `sync_full` writes), without running it.
-pub fn render_full(table: &str, desired: &Desired) -> Transaction {
-    full_transaction(table, &desired_states(desired))
+/// The full transaction for `desired` (what `sync_full` writes on a node holding none of our
+/// tables), without running it.
+pub fn render_full(desired: &Desired, options: &Options) -> Transaction {
+    full_transaction(&[], &desired_states(desired, options))
 }
 
 /// `table` without what `nft -j` does not list: table and chain comments, the protocol of
@@ -251,9 +234,14 @@ impl NftDataplane {
         }
     }
 
-    /// The table of `family` as programmed (what `trace` reads), if any.
-    pub fn table(&self, family: IpFamily) -> Option<&Table> {
-        self.shadow.families.get(&family).map(FamilyState::table)
+    /// The tables of `family` as programmed (what `trace` reads), the common table first:
+    /// none before the first sync or for a family not handled.
+    pub fn tables(&self, family: IpFamily) -> Vec<(&TableId, &Table)> {
+        self.shadow
+            .families
+            .get(&family)
+            .map(|f| f.tables().collect())
+            .unwrap_or_default()
     }
 
     /// The last conntrack cleanup failure, if the last sync had one (rules were still
@@ -262,28 +250,58 @@ impl NftDataplane {
         self.conntrack_error.as_deref()
     }
 
-    /// Compares our tables in the kernel with the shadow: `OutOfSync` naming the first family
-    /// that differs (someone else modified or deleted our table). A `sync_full` repairs it.
-    pub fn verify(&mut self) -> Result<(), DataplaneError> {
+    /// Our tables in the kernel: the common table and the shards of every family.
+    fn our_tables(&mut self) -> Result<Vec<TableId>, DataplaneError> {
+        let mut ours = Vec::new();
         for family in IpFamily::ALL {
-            let live = self
+            let names = self
                 .kernel
-                .list_table(family, &self.options.table)
-                .map_err(|e| kernel_error("nft list table", e))?;
-            // nft's JSON leaves table and chain comments out: compare without them.
-            let programmed = self.table(family).map(without_comments);
-            if live.map(|t| without_comments(&t)) != programmed {
-                return Err(DataplaneError::OutOfSync {
-                    backend: BACKEND,
-                    message: format!(
-                        "table {} {} differs from what svcroute programmed",
-                        crate::ruleset::family_name(family),
-                        self.options.table
-                    ),
-                });
+                .table_names(family)
+                .map_err(|e| kernel_error("nft list tables", e))?;
+            ours.extend(
+                (names.iter())
+                    .filter(|n| names::is_ours(&self.options.table, n))
+                    .map(|n| TableId::new(family, n)),
+            );
+        }
+        Ok(ours)
+    }
+
+    /// Compares our tables in the kernel with the shadow: `OutOfSync` naming the first table
+    /// that differs, is missing or is left over (someone else modified or deleted our
+    /// tables). A `sync_full` repairs it.
+    pub fn verify(&mut self) -> Result<(), DataplaneError> {
+        let out_of_sync = |id: &TableId, what: &str| DataplaneError::OutOfSync {
+            backend: BACKEND,
+            message: format!(
+                "table {} {} {what}",
+                crate::ruleset::family_name(id.family),
+                id.name
+            ),
+        };
+        let mut live = self.our_tables()?;
+        for family in IpFamily::ALL {
+            let programmed: Vec<(TableId, Table)> = self
+                .tables(family)
+                .into_iter()
+                .map(|(id, t)| (id.clone(), without_comments(t)))
+                .collect();
+            for (id, table) in programmed {
+                live.retain(|l| *l != id);
+                let listed = self
+                    .kernel
+                    .list_table(family, &id.name)
+                    .map_err(|e| kernel_error("nft list table", e))?;
+                // nft's JSON leaves table and chain comments out: compare without them.
+                if listed.map(|t| without_comments(&t)) != Some(table) {
+                    return Err(out_of_sync(&id, "differs from what svcroute programmed"));
+                }
             }
         }
-        Ok(())
+        match live.first() {
+            Some(id) => Err(out_of_sync(id, "is left over: svcroute did not program it")),
+            None => Ok(()),
+        }
     }
 
     fn run(&mut self, operation: &str, tx: &Transaction) -> Result<usize, DataplaneError> {
@@ -297,12 +315,20 @@ impl NftDataplane {
         }
     }
 
+    /// Whether a family has outgrown its shards ([`FamilyTables::needs_more_shards`]).
+    fn outgrown(&self, desired: &Desired) -> bool {
+        self.shadow.families.iter().any(|(family, tables)| {
+            let ports = desired.ports().filter(|p| p.family(*family).is_some());
+            tables.needs_more_shards(ports.count())
+        })
+    }
+
     fn incremental(
         &mut self,
         desired: &Desired,
         changes: &ChangeSet,
     ) -> Result<ApplyReport, DataplaneError> {
-        let plan = Plan::new(&self.options.table, &self.shadow.families, desired, changes);
+        let plan = Plan::new(&self.shadow.families, desired, changes);
         let tx = &plan.transaction;
         let bytes = if tx.is_empty() {
             0
@@ -344,13 +370,17 @@ impl Dataplane for NftDataplane {
         match SyncKind::for_apply(changes, desired, self.needs_full_sync, programmed) {
             SyncKind::Nothing => Ok(ApplyReport::default()),
             SyncKind::Full => self.sync_full(desired).await,
+            SyncKind::Incremental if self.outgrown(desired) => self.sync_full(desired).await,
             SyncKind::Incremental => self.incremental(desired, changes),
         }
     }
 
     async fn sync_full(&mut self, desired: &Desired) -> Result<ApplyReport, DataplaneError> {
-        let states = desired_states(desired);
-        let tx = full_transaction(&self.options.table, &states);
+        let existing = self
+            .our_tables()
+            .inspect_err(|_| self.needs_full_sync = true)?;
+        let states = desired_states(desired, &self.options);
+        let tx = full_transaction(&existing, &states);
         let bytes = self.run("nft -f (full sync)", &tx)?;
         self.shadow = Shadow {
             config: Some(desired.config_arc().clone()),
@@ -365,12 +395,13 @@ impl Dataplane for NftDataplane {
     }
 
     async fn cleanup(&mut self) -> Result<(), DataplaneError> {
-        let mut tx = Transaction::new(&self.options.table);
-        for family in IpFamily::ALL {
-            tx.push(family, Command::AddTable { comment: None });
-            tx.push(family, Command::DeleteTable);
+        let existing = self.our_tables()?;
+        if !existing.is_empty() {
+            self.run(
+                "nft -f (cleanup)",
+                &full_transaction(&existing, &BTreeMap::new()),
+            )?;
         }
-        self.run("nft -f (cleanup)", &tx)?;
         self.shadow = Shadow::default();
         Ok(())
     }
@@ -379,10 +410,8 @@ impl Dataplane for NftDataplane {
         let Some(config) = self.shadow.config.as_deref() else {
             return Ok(Decision::simple(svcroute_core::Verdict::NoMatch));
         };
-        trace::trace_table(
-            config,
-            self.table(IpFamily::of(&packet.destination)),
-            packet,
-        )
+        let tables = self.tables(IpFamily::of(&packet.destination));
+        let tables: Vec<&Table> = tables.into_iter().map(|(_, t)| t).collect();
+        trace::trace(config, &tables, packet)
     }
 }

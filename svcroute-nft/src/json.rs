@@ -58,6 +58,29 @@ pub fn parse_table(json: &str, family: IpFamily) -> Result<Option<Table>, JsonEr
     Ok(reader.table)
 }
 
+/// The names of the tables of `family` in the output of `nft -j list tables FAMILY`.
+pub fn parse_table_names(json: &str, family: IpFamily) -> Result<Vec<String>, JsonError> {
+    let doc: Json = serde_json::from_str(json)?;
+    let items = doc
+        .get("nftables")
+        .and_then(Json::as_array)
+        .ok_or_else(|| unsupported("the document", "no top-level `nftables` list".into()))?;
+    let mut names = Vec::new();
+    for item in items {
+        let Some(table) = item.get("table") else {
+            continue;
+        };
+        let name = table.get("name").and_then(Json::as_str);
+        let of_family = table.get("family").and_then(Json::as_str) == Some(family_name(family));
+        match name {
+            Some(name) if of_family => names.push(name.to_string()),
+            Some(_) => {}
+            None => return Err(unsupported("a table", format!("no name: {table}"))),
+        }
+    }
+    Ok(names)
+}
+
 fn unsupported(at: impl Into<String>, what: String) -> JsonError {
     JsonError::Unsupported {
         at: at.into(),
@@ -966,7 +989,7 @@ fn integer<T: TryFrom<i64>>(v: &Json, what: &str) -> Parse<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transaction::{Command, Transaction};
+    use crate::transaction::{Command, TableId, Transaction};
 
     // -----------------------------------------------------------------------------------------
     // Unit tests on small documents
@@ -2139,14 +2162,14 @@ mod tests {
     fn create(tx: &mut Transaction, table: &Table) {
         let family = table.family;
         tx.push(
-            family,
+            &TableId::new(family, ROUND_TRIP_TABLE),
             Command::AddTable {
                 comment: table.comment.clone(),
             },
         );
         for (name, set) in &table.sets {
             tx.push(
-                family,
+                &TableId::new(family, ROUND_TRIP_TABLE),
                 Command::AddSet {
                     name: name.clone(),
                     decl: set.decl.clone(),
@@ -2155,7 +2178,7 @@ mod tests {
         }
         for (name, chain) in &table.chains {
             tx.push(
-                family,
+                &TableId::new(family, ROUND_TRIP_TABLE),
                 Command::AddChain {
                     name: name.clone(),
                     chain: chain.clone(),
@@ -2164,7 +2187,7 @@ mod tests {
         }
         for (name, set) in table.sets.iter().filter(|(_, s)| !s.elements.is_empty()) {
             tx.push(
-                family,
+                &TableId::new(family, ROUND_TRIP_TABLE),
                 Command::AddElements {
                     set: name.clone(),
                     elements: set.elements.clone().into_iter().collect(),
@@ -2174,7 +2197,7 @@ mod tests {
         for (name, chain) in &table.chains {
             for rule in &chain.rules {
                 tx.push(
-                    family,
+                    &TableId::new(family, ROUND_TRIP_TABLE),
                     Command::AddRule {
                         chain: name.clone(),
                         rule: rule.clone(),
@@ -2289,7 +2312,7 @@ mod tests {
             return;
         }
         let tables = [sample_table(IpFamily::IPv4), sample_table(IpFamily::IPv6)];
-        let mut tx = Transaction::new(ROUND_TRIP_TABLE);
+        let mut tx = Transaction::new();
         for table in &tables {
             create(&mut tx, table);
         }

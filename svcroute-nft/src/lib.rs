@@ -93,6 +93,7 @@ pub mod names;
 mod parallel;
 pub mod render;
 pub mod ruleset;
+pub mod shards;
 pub mod slots;
 pub mod state;
 pub mod trace;

@@ -70,6 +70,39 @@ pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 /// `proto . nodePort` without usable endpoints → reject or drop.
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 
+/// The name of shard `index` of the tables named `table` (`svcroute-0`, `svcroute-1`, ...);
+/// `table` itself is the common table.
+pub fn shard_table(table: &str, index: usize) -> String {
+    format!("{table}-{index}")
+}
+
+/// Whether `name` is one of the tables named `table`: the common table or a shard.
+pub fn is_ours(table: &str, name: &str) -> bool {
+    match name.strip_prefix(table) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix('-')
+            .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())),
+        None => false,
+    }
+}
+
+/// Whether shared set `set` lives in the common table (the filter hooks' and masquerading's
+/// sets and maps) rather than in every shard (the nat hooks' frontend maps and the sets
+/// their port chains read).
+pub fn in_common_table(set: &str) -> bool {
+    matches!(
+        set,
+        CLUSTER_IPS
+            | SERVICE_CIDRS
+            | HAIRPIN
+            | HEALTH_CHECK_PORTS
+            | FIREWALL_IPS
+            | NO_ENDPOINT_SERVICES
+            | NO_ENDPOINT_NODEPORTS
+    )
+}
+
 /// The objects of one service port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortNames {

@@ -15,7 +15,7 @@ use crate::ruleset::{
     Rule, Set, SetDecl, SetKind, Stmt, Table, Value, Verdict, endpoint_text,
 };
 
-/// What one service port contributes to a family's table.
+/// What one service port contributes to one table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortObjects {
     /// Chains it owns (`svc-H`, `svl-H`, `ext-H`, `fw-H`, `sep-E`).
@@ -24,6 +24,16 @@ pub struct PortObjects {
     pub sets: Vec<(String, Set)>,
     /// Elements it adds to the shared sets and maps: (set, key, element).
     pub elements: Vec<(&'static str, ElemKey, Element)>,
+}
+
+/// What one service port contributes to a family's tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortParts {
+    /// To the common table: its `fw-H` chain and its elements in the filter hooks' sets and
+    /// maps ([`names::in_common_table`]).
+    pub common: PortObjects,
+    /// To the table of its shard: everything else.
+    pub shard: PortObjects,
 }
 
 fn rule(stmts: Vec<Stmt>) -> Rule {
@@ -167,17 +177,53 @@ fn node_port_gate(config: &ProxyConfig, family: IpFamily) -> (Vec<Stmt>, BTreeSe
     (gate, BTreeSet::new())
 }
 
-/// The fixed chains and sets of one family's table, from the settings alone.
-pub fn skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
+fn pod_cidrs(config: &ProxyConfig, family: IpFamily) -> Set {
+    let nets = config
+        .cluster_cidrs
+        .iter()
+        .filter(in_family(family))
+        .copied();
+    interval_set("local pod CIDRs", nets)
+}
+
+fn node_port_ips_set(nets: BTreeSet<IpNet>) -> Set {
+    interval_set("addresses NodePorts are open on", nets)
+}
+
+fn frontend_map(comment: &str) -> Set {
+    let key = vec![KeyType::Addr, KeyType::Proto, KeyType::Service];
+    empty_set(set_decl(SetKind::VerdictMap, key, comment))
+}
+
+fn node_port_map(comment: &str) -> Set {
+    let key = vec![KeyType::Proto, KeyType::Service];
+    empty_set(set_decl(SetKind::VerdictMap, key, comment))
+}
+
+fn table_of(
+    family: IpFamily,
+    comment: &str,
+    chains: Vec<(&str, Chain)>,
+    sets: Vec<(&str, Set)>,
+) -> Table {
+    Table {
+        family,
+        comment: Some(comment.to_string()),
+        chains: chains
+            .into_iter()
+            .map(|(n, c)| (n.to_string(), c))
+            .collect(),
+        sets: sets.into_iter().map(|(n, s)| (n.to_string(), s)).collect(),
+    }
+}
+
+/// The fixed chains and sets of a family's common table, from the settings alone: every
+/// filter hook (firewall, no-endpoint verdicts, undefined ClusterIP ports, unallocated service
+/// IPs, health-check NodePorts) and masquerading. It holds no per-port chain but the `fw-H`
+/// firewalls, so adding to its verdict maps re-validates little at commit.
+pub fn common_skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
     let mark = config.masquerade_mark();
     let (gate, node_port_ips) = node_port_gate(config, family);
-    let with_gate = |last: Stmt| {
-        let mut stmts = gate.clone();
-        stmts.push(last);
-        rule(stmts)
-    };
-    let frontends = vec![KeyType::Addr, KeyType::Proto, KeyType::Service];
-    let node_ports = vec![KeyType::Proto, KeyType::Service];
     let checks = |node_ports: bool| {
         let mut rules = vec![rule(vec![ct_new(), jump(names::SERVICE_ENDPOINTS_CHECK)])];
         if node_ports {
@@ -192,25 +238,21 @@ pub fn skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
         in_set(Expr::TcpDport, names::HEALTH_CHECK_PORTS),
         Stmt::Verdict(Verdict::Accept),
     ]));
+    let firewall = || vec![rule(vec![ct_new(), jump(names::FIREWALL_CHECK)])];
+    let mut node_port_check = gate;
+    node_port_check.push(Stmt::Vmap {
+        key: node_port_key(),
+        map: names::NO_ENDPOINT_NODEPORTS.into(),
+    });
 
-    let chains = [
+    let chains = vec![
         (
             names::FILTER_PREROUTING,
-            base(
-                ChainType::Filter,
-                Hook::Prerouting,
-                -110,
-                vec![rule(vec![ct_new(), jump(names::FIREWALL_CHECK)])],
-            ),
+            base(ChainType::Filter, Hook::Prerouting, -110, firewall()),
         ),
         (
             names::FILTER_OUTPUT_PRE_DNAT,
-            base(
-                ChainType::Filter,
-                Hook::Output,
-                -110,
-                vec![rule(vec![ct_new(), jump(names::FIREWALL_CHECK)])],
-            ),
+            base(ChainType::Filter, Hook::Output, -110, firewall()),
         ),
         (
             names::FILTER_INPUT,
@@ -223,24 +265,6 @@ pub fn skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
         (
             names::FILTER_OUTPUT,
             base(ChainType::Filter, Hook::Output, -1, checks(true)),
-        ),
-        (
-            names::NAT_PREROUTING,
-            base(
-                ChainType::Nat,
-                Hook::Prerouting,
-                -100,
-                vec![rule(vec![jump(names::SERVICES)])],
-            ),
-        ),
-        (
-            names::NAT_OUTPUT,
-            base(
-                ChainType::Nat,
-                Hook::Output,
-                -100,
-                vec![rule(vec![jump(names::SERVICES)])],
-            ),
         ),
         (
             names::NAT_POSTROUTING,
@@ -267,10 +291,7 @@ pub fn skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
         ),
         (
             names::NODEPORT_ENDPOINTS_CHECK,
-            regular(vec![with_gate(Stmt::Vmap {
-                key: node_port_key(),
-                map: names::NO_ENDPOINT_NODEPORTS.into(),
-            })]),
+            regular(vec![rule(node_port_check)]),
         ),
         (
             names::CLUSTER_IPS_CHECK,
@@ -285,19 +306,6 @@ pub fn skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
             ]),
         ),
         (names::REJECT_CHAIN, regular(vec![rule(vec![Stmt::Reject])])),
-        (
-            names::SERVICES,
-            regular(vec![
-                rule(vec![Stmt::Vmap {
-                    key: frontend_key(),
-                    map: names::SERVICE_IPS.into(),
-                }]),
-                with_gate(Stmt::Vmap {
-                    key: node_port_key(),
-                    map: names::SERVICE_NODEPORTS.into(),
-                }),
-            ]),
-        ),
         (
             names::MASQUERADING,
             regular(vec![
@@ -315,25 +323,11 @@ pub fn skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
                 rule(vec![Stmt::Masquerade]).with_comment("service traffic requiring SNAT".into()),
             ]),
         ),
-        (
-            names::MARK_FOR_MASQUERADE,
-            regular(vec![rule(vec![Stmt::Mark(MarkOp::Or(mark))])]),
-        ),
+        (names::MARK_FOR_MASQUERADE, mark_for_masquerade(config)),
     ];
 
-    let service_cidrs: Vec<IpNet> = config
-        .service_cidrs
-        .iter()
-        .filter(in_family(family))
-        .copied()
-        .collect();
-    let pod_cidrs: Vec<IpNet> = config
-        .cluster_cidrs
-        .iter()
-        .filter(in_family(family))
-        .copied()
-        .collect();
-    let sets = [
+    let service_cidrs = config.service_cidrs.iter().filter(in_family(family));
+    let sets = vec![
         (
             names::CLUSTER_IPS,
             empty_set(set_decl(
@@ -344,13 +338,9 @@ pub fn skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
         ),
         (
             names::SERVICE_CIDRS,
-            interval_set("service CIDRs", service_cidrs),
+            interval_set("service CIDRs", service_cidrs.copied()),
         ),
-        (names::POD_CIDRS, interval_set("local pod CIDRs", pod_cidrs)),
-        (
-            names::NODEPORT_IPS,
-            interval_set("addresses NodePorts are open on", node_port_ips),
-        ),
+        (names::NODEPORT_IPS, node_port_ips_set(node_port_ips)),
         (
             names::HAIRPIN,
             empty_set(set_decl(
@@ -369,55 +359,76 @@ pub fn skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
         ),
         (
             names::FIREWALL_IPS,
-            empty_set(set_decl(
-                SetKind::VerdictMap,
-                frontends.clone(),
-                "load-balancer IPs with source ranges",
-            )),
-        ),
-        (
-            names::SERVICE_IPS,
-            empty_set(set_decl(
-                SetKind::VerdictMap,
-                frontends.clone(),
-                "service frontends",
-            )),
+            frontend_map("load-balancer IPs with source ranges"),
         ),
         (
             names::NO_ENDPOINT_SERVICES,
-            empty_set(set_decl(
-                SetKind::VerdictMap,
-                frontends,
-                "frontends without usable endpoints",
-            )),
-        ),
-        (
-            names::SERVICE_NODEPORTS,
-            empty_set(set_decl(
-                SetKind::VerdictMap,
-                node_ports.clone(),
-                "NodePorts",
-            )),
+            frontend_map("frontends without usable endpoints"),
         ),
         (
             names::NO_ENDPOINT_NODEPORTS,
-            empty_set(set_decl(
-                SetKind::VerdictMap,
-                node_ports,
-                "NodePorts without usable endpoints",
-            )),
+            node_port_map("NodePorts without usable endpoints"),
         ),
     ];
-
-    Table {
+    table_of(
         family,
-        comment: Some("svcroute service routing; managed by svcroute, do not edit".into()),
-        chains: chains
-            .into_iter()
-            .map(|(n, c)| (n.to_string(), c))
-            .collect(),
-        sets: sets.into_iter().map(|(n, s)| (n.to_string(), s)).collect(),
-    }
+        "svcroute service routing; managed by svcroute, do not edit",
+        chains,
+        sets,
+    )
+}
+
+fn mark_for_masquerade(config: &ProxyConfig) -> Chain {
+    regular(vec![rule(vec![Stmt::Mark(MarkOp::Or(
+        config.masquerade_mark(),
+    ))])])
+}
+
+/// The fixed chains and sets of one of a family's shard tables, from the settings alone: the
+/// nat hooks that DNAT service traffic, dispatching through the shard's own frontend maps to
+/// the chains of its service ports. Each shard holds a share of the service ports, so that a
+/// change re-validates only its shard's chains at commit.
+pub fn shard_skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
+    let (mut gate, node_port_ips) = node_port_gate(config, family);
+    gate.push(Stmt::Vmap {
+        key: node_port_key(),
+        map: names::SERVICE_NODEPORTS.into(),
+    });
+    let dispatch = || vec![rule(vec![jump(names::SERVICES)])];
+    let chains = vec![
+        (
+            names::NAT_PREROUTING,
+            base(ChainType::Nat, Hook::Prerouting, -100, dispatch()),
+        ),
+        (
+            names::NAT_OUTPUT,
+            base(ChainType::Nat, Hook::Output, -100, dispatch()),
+        ),
+        (
+            names::SERVICES,
+            regular(vec![
+                rule(vec![Stmt::Vmap {
+                    key: frontend_key(),
+                    map: names::SERVICE_IPS.into(),
+                }]),
+                rule(gate),
+            ]),
+        ),
+        (names::MARK_FOR_MASQUERADE, mark_for_masquerade(config)),
+    ];
+    let sets = vec![
+        (names::POD_CIDRS, pod_cidrs(config, family)),
+        (names::NODEPORT_IPS, node_port_ips_set(node_port_ips)),
+        (names::SERVICE_IPS, frontend_map("service frontends")),
+        (names::SERVICE_NODEPORTS, node_port_map("NodePorts")),
+    ];
+    table_of(
+        family,
+        "svcroute service routing, a shard of the service ports; managed by svcroute, do not \
+         edit",
+        chains,
+        sets,
+    )
 }
 
 /// The elements of an endpoint map: slot `i` holds the `i`-th value.
@@ -440,48 +451,50 @@ struct PortRenderer<'a> {
     fam: &'a FamilyRouting,
     names: PortNames,
     protocol: Protocol,
-    out: PortObjects,
+    out: PortParts,
 }
 
 impl PortRenderer<'_> {
+    /// Adds an element to a shared set or map of the table that holds `set`.
+    fn shared(&mut self, set: &'static str, key: ElemKey, element: Element) {
+        let objects = if names::in_common_table(set) {
+            &mut self.out.common
+        } else {
+            &mut self.out.shard
+        };
+        objects.elements.push((set, key, element));
+    }
+
     fn element(&mut self, set: &'static str, key: ElemKey, value: Option<ElemValue>) {
-        self.out.elements.push((
-            set,
-            key,
-            Element {
-                value,
-                comment: None,
-            },
-        ));
+        let element = Element {
+            value,
+            comment: None,
+        };
+        self.shared(set, key, element);
     }
 
     /// A frontend-map element `ip . proto . port`, commented with the service port.
     fn frontend(&mut self, set: &'static str, ip: IpAddr, note: &str, verdict: Verdict) {
         let key = ElemKey::from((ip, self.protocol, self.port.port));
-        self.out.elements.push((
-            set,
-            key,
-            Element {
-                value: Some(ElemValue::Verdict(verdict)),
-                comment: Some([&self.names.display, " ", note].concat()),
-            },
-        ));
+        let element = Element {
+            value: Some(ElemValue::Verdict(verdict)),
+            comment: Some([&self.names.display, " ", note].concat()),
+        };
+        self.shared(set, key, element);
     }
 
     fn node_port(&mut self, set: &'static str, node_port: u16, verdict: Verdict) {
         let key = ElemKey::from([Value::Proto(self.protocol), Value::Port(node_port)]);
-        self.out.elements.push((
-            set,
-            key,
-            Element {
-                value: Some(ElemValue::Verdict(verdict)),
-                comment: Some([&self.names.display, " node port"].concat()),
-            },
-        ));
+        let element = Element {
+            value: Some(ElemValue::Verdict(verdict)),
+            comment: Some([&self.names.display, " node port"].concat()),
+        };
+        self.shared(set, key, element);
     }
 
+    /// Adds a chain of the port's shard.
     fn chain(&mut self, name: String, comment: String, rules: Vec<Rule>) {
-        self.out.chains.push((
+        self.out.shard.chains.push((
             name,
             Chain {
                 hook: None,
@@ -521,11 +534,15 @@ impl PortRenderer<'_> {
             )),
         );
         let fw = self.names.fw();
-        self.chain(
+        // In the common table, with the filter hooks.
+        self.out.common.chains.push((
             fw.clone(),
-            format!("{} loadbalancer source ranges", self.names.display),
-            rules,
-        );
+            Chain {
+                hook: None,
+                comment: Some(format!("{} loadbalancer source ranges", self.names.display)),
+                rules,
+            },
+        ));
         for ip in self.fam.load_balancer_ips.clone() {
             self.frontend(
                 names::FIREWALL_IPS,
@@ -721,7 +738,7 @@ impl PortRenderer<'_> {
             let targets = endpoints.iter().map(|e| ElemValue::Endpoint(*e));
             (SetKind::EndpointMap, slots(targets))
         };
-        self.out.sets.push((
+        self.out.shard.sets.push((
             map,
             Set {
                 decl: SetDecl {
@@ -751,7 +768,7 @@ impl PortRenderer<'_> {
 
     /// The port's affinity set: `client . endpoint ID`, refreshed by each new connection.
     fn affinity_set(&mut self, timeout: u32) {
-        self.out.sets.push((
+        self.out.shard.sets.push((
             self.names.aff(),
             empty_set(SetDecl {
                 kind: SetKind::Set,
@@ -765,12 +782,13 @@ impl PortRenderer<'_> {
         ));
     }
 
-    fn render(mut self) -> PortObjects {
+    fn render(mut self) -> PortParts {
         // Every element: ClusterIP, frontends, NodePorts, hairpin pairs, health check.
         let frontends = self.fam.external_ips.len() + 2 * self.fam.load_balancer_ips.len();
         let endpoints = self.fam.endpoints(TrafficPolicy::Cluster).len()
             + self.fam.endpoints(TrafficPolicy::Local).len();
-        self.out.elements.reserve(4 + frontends + endpoints);
+        self.out.common.elements.reserve(2 + endpoints);
+        self.out.shard.elements.reserve(2 + frontends);
         self.firewall();
         let internal = self.internal();
         let external = self.external();
@@ -900,7 +918,7 @@ pub fn port_objects(
     config: &ProxyConfig,
     port: &ResolvedServicePort,
     family: IpFamily,
-) -> Option<PortObjects> {
+) -> Option<PortParts> {
     let fam = port.family(family)?;
     let renderer = PortRenderer {
         config,
@@ -908,7 +926,7 @@ pub fn port_objects(
         fam,
         names: PortNames::new(&port.name),
         protocol: port.name.protocol,
-        out: PortObjects::default(),
+        out: PortParts::default(),
     };
     Some(renderer.render())
 }

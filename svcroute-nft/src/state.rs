@@ -1,4 +1,4 @@
-//! What one family's table holds, split by owner: the fixed skeleton, each service port's
+//! What one of our tables holds, split by owner: the fixed skeleton, each service port's
 //! chains and maps, and the elements service ports put into the shared sets and maps. It
 //! writes the full transaction of a sync, and plans an incremental one as the difference a set
 //! of changed service ports makes: chains of unchanged ports are never mentioned, and maps and
@@ -7,14 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use svcroute_core::model::IpFamily;
 use svcroute_core::select::ServicePortName;
 
 use crate::parallel::join;
 use crate::render::{self, PortObjects};
 use crate::ruleset::{Chain, ElemKey, Element, Rule, Set, SetKind, Table};
 use crate::slots;
-use crate::transaction::{Command, Transaction};
+use crate::transaction::{Command, TableId, Transaction};
 
 /// Changed service ports and their new objects in one family (`None`: gone from it).
 pub type PortChanges = Vec<(ServicePortName, Option<PortObjects>)>;
@@ -144,9 +143,9 @@ struct Grouped {
     others: Vec<(SharedKey, Vec<Contribution>)>,
 }
 
-/// Service ports gathered for a [`FamilyState`]: render threads each gather theirs while the
+/// Service ports gathered for a [`TableState`]: render threads each gather theirs while the
 /// objects are hot in their cache, and sort them (sorted runs merge fast; see
-/// [`FamilyState::from_runs`]).
+/// [`TableState::from_runs`]).
 #[derive(Debug, Default)]
 pub struct PortRun {
     records: Vec<(Arc<ServicePortName>, PortRecord)>,
@@ -206,9 +205,11 @@ impl FromIterator<(ServicePortName, PortObjects)> for PortRun {
 /// States of this many ports or more are built on two threads.
 const PARALLEL_PORTS: usize = 1024;
 
-/// One family's programmed table and who contributed what.
+/// One programmed table and who contributed what.
 #[derive(Debug, Clone)]
-pub struct FamilyState {
+pub struct TableState {
+    /// Which table.
+    id: TableId,
     /// Shared with the full transaction that writes it ([`Command::AddContents`]); the first
     /// change after that transaction is gone modifies it in place.
     table: Arc<Table>,
@@ -258,7 +259,7 @@ struct Phases {
 }
 
 impl Phases {
-    fn into_transaction(self, family: IpFamily, tx: &mut Transaction) {
+    fn into_transaction(self, table: &TableId, tx: &mut Transaction) {
         for command in [
             self.add_chains,
             self.delete_shared,
@@ -272,7 +273,7 @@ impl Phases {
         .into_iter()
         .flatten()
         {
-            tx.push(family, command);
+            tx.push(table, command);
         }
     }
 }
@@ -304,10 +305,11 @@ fn is_map(kind: SetKind) -> bool {
     kind != SetKind::Set
 }
 
-impl FamilyState {
-    /// The state holding `skeleton` and every port's objects (`ports` have distinct names).
-    pub fn new(skeleton: Table, ports: Vec<(ServicePortName, PortObjects)>) -> Self {
-        FamilyState::from_runs(skeleton, vec![ports.into_iter().collect()])
+impl TableState {
+    /// The state of table `name` holding `skeleton` and every port's objects (`ports` have
+    /// distinct names).
+    pub fn new(name: &str, skeleton: Table, ports: Vec<(ServicePortName, PortObjects)>) -> Self {
+        TableState::from_runs(name, skeleton, vec![ports.into_iter().collect()])
     }
 
     /// The state holding `skeleton` and the ports of `runs` (distinct names).
@@ -315,7 +317,7 @@ impl FamilyState {
     /// The maps are built by merging the runs ([`PortRun::sort`]ed runs merge fastest), a
     /// fraction of the cost of inserting their entries one by one (which made most of a full
     /// render). Large states build the table's maps and the shared keys' on two threads.
-    pub fn from_runs(skeleton: Table, runs: Vec<PortRun>) -> Self {
+    pub fn from_runs(name: &str, skeleton: Table, runs: Vec<PortRun>) -> Self {
         // Into the first run: moving it would be the biggest copy.
         let mut runs = runs.into_iter();
         let mut all = runs.next().unwrap_or_default();
@@ -381,7 +383,8 @@ impl FamilyState {
                 target.elements.append(&mut elements);
             }
         }
-        FamilyState {
+        TableState {
+            id: TableId::new(family, name),
             table: Arc::new(table),
             ports,
             shared,
@@ -394,28 +397,23 @@ impl FamilyState {
         &self.table
     }
 
-    /// The family.
-    pub fn family(&self) -> IpFamily {
-        self.table.family
+    /// Which table.
+    pub fn id(&self) -> &TableId {
+        &self.id
     }
 
     /// Appends the commands writing this whole table from scratch (after its deletion): the
     /// table, then its contents ([`Command::AddContents`], sharing the table).
     pub fn write_full(&self, tx: &mut Transaction) {
-        let family = self.family();
-        tx.push(
-            family,
-            Command::AddTable {
-                comment: self.table.comment.clone(),
-            },
-        );
-        tx.push(family, Command::AddContents(Arc::clone(&self.table)));
+        let comment = self.table.comment.clone();
+        tx.push(&self.id, Command::AddTable { comment });
+        tx.push(&self.id, Command::AddContents(Arc::clone(&self.table)));
     }
 
     /// Appends the commands that turn this table into the one where each port of `changes` has
     /// its new objects (`None`: the port is gone from this family). The endpoint maps of
     /// `changes` are first renumbered to keep the slots programmed ([`slots::keep`]), so pass
-    /// the same `changes` to [`FamilyState::commit`] once the kernel accepted the transaction;
+    /// the same `changes` to [`TableState::commit`] once the kernel accepted the transaction;
     /// nothing changes here until then.
     pub fn plan(&self, changes: &mut PortChanges, tx: &mut Transaction) {
         for objects in changes.iter_mut().filter_map(|(_, new)| new.as_mut()) {
@@ -451,7 +449,7 @@ impl FamilyState {
                 });
             }
         }
-        phases.into_transaction(self.family(), tx);
+        phases.into_transaction(&self.id, tx);
     }
 
     /// Renumbers the endpoint maps of `objects` so that endpoints keep the slots they have in
@@ -667,7 +665,7 @@ impl FamilyState {
         }
     }
 
-    /// Records that the kernel now holds the result of [`FamilyState::plan`] for `changes`.
+    /// Records that the kernel now holds the result of [`TableState::plan`] for `changes`.
     pub fn commit(&mut self, changes: PortChanges) {
         let shared = self.changed_shared(&changes);
         let table = Arc::make_mut(&mut self.table);
@@ -733,11 +731,13 @@ mod tests {
     use svcroute_core::watch::WatchEvent;
 
     use super::*;
-    use crate::apply::{desired_state, full_transaction};
+    use crate::apply::full_transaction;
     use crate::kernel::{FakeKernel, Kernel};
     use crate::names::{PortNames, TABLE, endpoint_map};
     use crate::render;
     use crate::ruleset::{ElemValue, Value, Verdict};
+    use crate::shards::{FamilyTables, PORTS_PER_SHARD, PartChanges};
+    use svcroute_core::model::IpFamily;
 
     const V4: IpFamily = IpFamily::IPv4;
 
@@ -775,11 +775,11 @@ mod tests {
             .apply()
     }
 
-    /// One node with service `default/web`: the core's state, the IPv4 table's shadow and the
-    /// fake kernel holding it.
+    /// One node with service `default/web`: the core's state, the IPv4 tables' shadow and the
+    /// fake kernel holding them.
     struct Node {
         core: State,
-        family: FamilyState,
+        family: FamilyTables,
         kernel: FakeKernel,
         port: ServicePortName,
         affinity: bool,
@@ -792,10 +792,10 @@ mod tests {
             core.apply(service(affinity)).unwrap();
             core.apply(slice(endpoints)).unwrap();
             core.take_changes();
-            let family = desired_state(core.desired(), V4);
+            let family = FamilyTables::build(core.desired(), V4, TABLE, PORTS_PER_SHARD);
             let mut kernel = FakeKernel::new();
             let states = BTreeMap::from([(V4, family.clone())]);
-            kernel.run(&full_transaction(TABLE, &states)).unwrap();
+            kernel.run(&full_transaction(&[], &states)).unwrap();
             let port = core.desired().ports().next().unwrap().name.clone();
             Node {
                 core,
@@ -812,28 +812,30 @@ mod tests {
             self.core.apply(slice(endpoints)).unwrap();
             let changes = self.core.take_changes();
             let config = self.core.desired().config();
-            let mut port_changes: PortChanges = changes
+            let port_changes: PartChanges = changes
                 .changes()
                 .iter()
                 .map(|c| {
-                    let objects = c
+                    let parts = c
                         .current
                         .as_ref()
                         .and_then(|p| render::port_objects(config, p, V4));
-                    (c.name.clone(), objects)
+                    (c.name.clone(), parts)
                 })
                 .collect();
-            let mut tx = Transaction::new(TABLE);
-            self.family.plan(&mut port_changes, &mut tx);
+            let mut tx = Transaction::new();
+            let plan = self.family.plan(port_changes, &mut tx);
             if let Err(e) = self.kernel.run(&tx) {
                 panic!("{e}\n{}", tx.text());
             }
-            self.family.commit(port_changes);
-            assert_eq!(
-                self.kernel.table(V4, TABLE).as_ref(),
-                Some(self.family.table()),
-                "the kernel holds the shadow"
-            );
+            self.family.commit(plan);
+            for (id, table) in self.family.tables() {
+                assert_eq!(
+                    self.kernel.table(V4, &id.name).as_ref(),
+                    Some(table),
+                    "the kernel holds the shadow"
+                );
+            }
             tx
         }
 
@@ -864,7 +866,9 @@ mod tests {
         /// The endpoints of the endpoint map in slot order (none without the map); checks
         /// the slots are 0..N-1.
         fn slots(&self) -> Vec<u8> {
-            let Some(set) = self.family.table().sets.get(&self.map()) else {
+            let map = self.map();
+            let mut sets = self.family.tables().filter_map(|(_, t)| t.sets.get(&map));
+            let Some(set) = sets.next() else {
                 return Vec::new();
             };
             (0u32..)
@@ -1099,12 +1103,13 @@ mod affinity_ids {
     fn endpoints_keep_their_affinity_id_while_they_exist() {
         // A and B collided: B took 6. A goes; B is rendered with 5 now but keeps 6, and a
         // new C whose hashed ID is 6 takes 7.
-        let state = FamilyState::new(
-            Table::new(IpFamily::IPv4),
+        let state = TableState::new(
+            "t",
+            Table::new(svcroute_core::model::IpFamily::IPv4),
             vec![(name(), objects(&[("sep-A", 5), ("sep-B", 6)]))],
         );
         let mut changes: PortChanges = vec![(name(), Some(objects(&[("sep-B", 5), ("sep-C", 6)])))];
-        state.plan(&mut changes, &mut Transaction::new("t"));
+        state.plan(&mut changes, &mut Transaction::new());
         let planned = changes[0].1.as_ref().unwrap();
         assert_eq!(
             ids(planned),
@@ -1112,7 +1117,7 @@ mod affinity_ids {
         );
         // Nothing to keep: the rendered IDs stay.
         let mut changes: PortChanges = vec![(name(), Some(objects(&[("sep-A", 5), ("sep-D", 9)])))];
-        state.plan(&mut changes, &mut Transaction::new("t"));
+        state.plan(&mut changes, &mut Transaction::new());
         assert_eq!(
             ids(changes[0].1.as_ref().unwrap()),
             [("sep-A".to_string(), 5), ("sep-D".to_string(), 9)]

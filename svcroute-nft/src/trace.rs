@@ -46,7 +46,6 @@
 //! verdict; anything else is [`TraceError::Inconsistent`].
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use svcroute_core::dataplane::TraceError;
@@ -66,45 +65,33 @@ pub const MAX_DEPTH: usize = 64;
 /// Most branches one trace may fork into (`numgen` forks once per slot).
 pub const MAX_BRANCHES: usize = 1 << 16;
 
-/// Follows `packet`, a new connection, through the table of its family, and answers what the
-/// ruleset does with it. `config` says which addresses are the node's (node-originated
-/// traffic, `fib ... type local`).
+/// Follows `packet`, a new connection, through those of `tables` that are of its family (our
+/// common table and shards, or any set of tables), and answers what the ruleset does with it.
+/// `config` says which addresses are the node's (node-originated traffic, `fib ... type
+/// local`).
 ///
-/// A mixed-family packet, or one of a family without table, matches nothing
+/// A mixed-family packet, or one of a family without tables, matches nothing
 /// ([`Verdict::NoMatch`]). See the module docs for the semantics.
 pub fn trace(
     config: &ProxyConfig,
-    tables: &BTreeMap<IpFamily, Table>,
-    packet: &Packet,
-) -> Result<Decision, TraceError> {
-    trace_table(
-        config,
-        tables.get(&IpFamily::of(&packet.destination)),
-        packet,
-    )
-}
-
-/// [`trace`] given the table of the packet's family (`None`: there is none).
-pub fn trace_table(
-    config: &ProxyConfig,
-    table: Option<&Table>,
+    tables: &[&Table],
     packet: &Packet,
 ) -> Result<Decision, TraceError> {
     if packet.is_mixed_family() {
         return Ok(Decision::simple(Verdict::NoMatch));
     }
     let family = IpFamily::of(&packet.destination);
-    let Some(table) = table else {
+    let tables: Vec<&Table> = tables
+        .iter()
+        .copied()
+        .filter(|t| t.family == family)
+        .collect();
+    if tables.is_empty() {
         return Ok(Decision::simple(Verdict::NoMatch));
-    };
-    if table.family != family {
-        return Err(TraceError::Inconsistent(format!(
-            "the {} table is stored as the {family:?} table",
-            family_name(table.family)
-        )));
     }
     let walk = Walk {
-        table,
+        tables,
+        family,
         config,
         packet,
         forks: Cell::new(1),
@@ -191,9 +178,10 @@ enum Datum {
     Absent,
 }
 
-/// The base chain a walk started from.
+/// The base chain a walk started from, and its table (where its jumps and lookups go).
 #[derive(Debug, Clone, Copy)]
 struct Base<'a> {
+    table: &'a Table,
     name: &'a str,
     hook: BaseHook,
 }
@@ -243,7 +231,9 @@ impl At<'_> {
 
 /// A trace in progress.
 struct Walk<'a> {
-    table: &'a Table,
+    /// The tables of the packet's family.
+    tables: Vec<&'a Table>,
+    family: IpFamily,
     config: &'a ProxyConfig,
     packet: &'a Packet,
     /// Branches created so far.
@@ -314,20 +304,23 @@ impl<'a> Walk<'a> {
         paths::combine(self.packet, &outcomes)
     }
 
-    /// The base chains of `hook`, in the order the kernel runs them.
-    fn base_chains(&self, hook: Hook) -> Vec<(&'a str, &'a Chain, BaseHook)> {
-        let mut chains: Vec<(&str, &Chain, BaseHook)> = self
-            .table
-            .chains
-            .iter()
-            .filter_map(|(name, chain)| {
-                chain
-                    .hook
-                    .filter(|h| h.hook == hook)
-                    .map(|h| (name.as_str(), chain, h))
-            })
-            .collect();
-        chains.sort_by_key(|(name, _, h)| (h.priority, *name));
+    /// The base chains of `hook` in every table, in priority order (ties: in table order,
+    /// then by name), with their index in `tables`.
+    fn base_chains(&self, hook: Hook) -> Vec<(usize, Base<'a>, &'a Chain)> {
+        let mut chains: Vec<(usize, Base<'a>, &'a Chain)> = Vec::new();
+        for (index, table) in self.tables.iter().copied().enumerate() {
+            for (name, chain) in &table.chains {
+                if let Some(h) = chain.hook.filter(|h| h.hook == hook) {
+                    let base = Base {
+                        table,
+                        name,
+                        hook: h,
+                    };
+                    chains.push((index, base, chain));
+                }
+            }
+        }
+        chains.sort_by_key(|(index, base, _)| (base.hook.priority, *index, base.name));
         chains
     }
 
@@ -349,11 +342,8 @@ impl<'a> Walk<'a> {
         outcomes: &mut Vec<TracedPath>,
     ) -> Result<Vec<Branch>, TraceError> {
         let mut live = branches;
-        for (name, chain, base_hook) in self.base_chains(hook) {
-            let base = Base {
-                name,
-                hook: base_hook,
-            };
+        for (_, base, chain) in self.base_chains(hook) {
+            let (name, base_hook) = (base.name, base.hook);
             let mut next = Vec::with_capacity(live.len());
             for branch in live {
                 if base_hook.kind == ChainType::Nat && Self::nat_done(hook, &branch) {
@@ -404,7 +394,7 @@ impl<'a> Walk<'a> {
                 chain: name,
                 index,
                 rule,
-                family: self.table.family,
+                family: self.family,
             };
             let mut next = Vec::with_capacity(active.len());
             for branch in active {
@@ -451,7 +441,7 @@ impl<'a> Walk<'a> {
                 at.inconsistent(&format!("chains nested deeper than {MAX_DEPTH} (a loop?)"))
             );
         }
-        let Some((name, chain)) = self.table.chains.get_key_value(to) else {
+        let Some((name, chain)) = at.base.table.chains.get_key_value(to) else {
             return Err(at.inconsistent(&format!("jump or goto to missing chain {to}")));
         };
         if chain.hook.is_some() {
@@ -532,7 +522,7 @@ impl<'a> Walk<'a> {
                         let [datum] = datums.as_slice() else {
                             return Err(at.unsupported("a concatenation compared with a constant"));
                         };
-                        compare(left, *datum, value, self.table.family)
+                        compare(left, *datum, value, self.family)
                             .map_err(|why| at.unsupported(&why))?
                     }
                     Operand::Set(name) => {
@@ -682,7 +672,7 @@ impl<'a> Walk<'a> {
         to: SocketAddr,
         mut b: Branch,
     ) -> Result<(Branch, Step<'a>), TraceError> {
-        if IpFamily::of(&to.ip()) != self.table.family || to.port() == 0 {
+        if IpFamily::of(&to.ip()) != self.family || to.port() == 0 {
             return Err(at.inconsistent(&format!(
                 "dnat to {to}, not an address and port of this family"
             )));
@@ -786,7 +776,7 @@ impl<'a> Walk<'a> {
 
     /// The set or map `name`, which must be of `kind`.
     fn set(&self, at: &At<'a>, name: &str, kind: SetKind) -> Result<&'a Set, TraceError> {
-        let Some(set) = self.table.sets.get(name) else {
+        let Some(set) = at.base.table.sets.get(name) else {
             return Err(at.inconsistent(&format!("missing set or map @{name}")));
         };
         if set.decl.kind != kind {
@@ -812,7 +802,7 @@ impl<'a> Walk<'a> {
         if types != set.decl.key {
             return Err(at.inconsistent(&format!(
                 "key `{}` does not fit @{name}, of type {:?}",
-                expr_text(key, self.table.family),
+                expr_text(key, self.family),
                 set.decl.key
             )));
         }
@@ -948,6 +938,7 @@ fn compare(left: &Expr, datum: Datum, value: &Value, family: IpFamily) -> Result
 mod tests {
     use super::*;
     use crate::ruleset::{SetDecl, Verdict as V};
+    use std::collections::BTreeMap;
     use svcroute_core::decide::WeightedEndpoint;
 
     // -----------------------------------------------------------------------------------------
@@ -1478,7 +1469,8 @@ mod tests {
     }
 
     fn run(tables: &BTreeMap<IpFamily, Table>, packet: &str) -> Result<Decision, TraceError> {
-        trace(&config(), tables, &packet.parse().unwrap())
+        let tables: Vec<&Table> = tables.values().collect();
+        trace(&config(), &tables, &packet.parse().unwrap())
     }
 
     fn dnat(endpoints: &[(&str, f64, bool)], affinity: Option<u32>) -> Decision {
@@ -1676,7 +1668,8 @@ mod tests {
             port: 80,
             protocol: Protocol::Tcp,
         };
-        assert_eq!(trace(&config(), &t, &mixed), Ok(simple(Verdict::NoMatch)));
+        let all: Vec<&Table> = t.values().collect();
+        assert_eq!(trace(&config(), &all, &mixed), Ok(simple(Verdict::NoMatch)));
         check(
             &BTreeMap::new(),
             "10.0.0.1 10.96.0.10:80",

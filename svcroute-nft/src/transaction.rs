@@ -78,27 +78,41 @@ pub enum Command {
 /// not always (large inline element lists fail with ENOBUFS in JSON; text is split too).
 const ELEMENTS_PER_LINE: usize = 1000;
 
+/// A table of ours: its family and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableId {
+    /// The family.
+    pub family: IpFamily,
+    /// The name.
+    pub name: Arc<str>,
+}
+
+impl TableId {
+    /// Table `name` of `family`.
+    pub fn new(family: IpFamily, name: &str) -> Self {
+        TableId {
+            family,
+            name: name.into(),
+        }
+    }
+}
+
 /// An ordered list of commands applied atomically.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Transaction {
-    /// The table name (the same in both families).
-    pub table: String,
-    /// The commands, in order, each on the table of its family.
-    pub commands: Vec<(IpFamily, Command)>,
+    /// The commands, in order, each on its table.
+    pub commands: Vec<(TableId, Command)>,
 }
 
 impl Transaction {
-    /// An empty transaction on `table`.
-    pub fn new(table: &str) -> Self {
-        Transaction {
-            table: table.to_string(),
-            commands: Vec::new(),
-        }
+    /// An empty transaction.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Appends a command.
-    pub fn push(&mut self, family: IpFamily, command: Command) {
-        self.commands.push((family, command));
+    /// Appends a command on `table`.
+    pub fn push(&mut self, table: &TableId, command: Command) {
+        self.commands.push((table.clone(), command));
     }
 
     /// Whether there is nothing to do.
@@ -109,12 +123,9 @@ impl Transaction {
     /// The transaction as `nft -f` input.
     pub fn text(&self) -> String {
         let mut out = String::with_capacity(self.text_size_hint());
-        let mut line = Line::new(&mut out, IpFamily::IPv4, &self.table);
-        for (family, command) in &self.commands {
-            line.family = *family;
-            line.command(command);
+        for (table, command) in &self.commands {
+            Line::new(&mut out, table.family, &table.name).command(command);
         }
-        drop(line);
         out
     }
 
@@ -413,10 +424,13 @@ mod tests {
 
     #[test]
     fn commands_print_one_per_line() {
-        let mut tx = Transaction::new("svcroute");
-        tx.push(IpFamily::IPv4, Command::AddTable { comment: None });
+        let mut tx = Transaction::new();
         tx.push(
-            IpFamily::IPv4,
+            &TableId::new(IpFamily::IPv4, "svcroute"),
+            Command::AddTable { comment: None },
+        );
+        tx.push(
+            &TableId::new(IpFamily::IPv4, "svcroute"),
             Command::AddChain {
                 name: "nat-prerouting".into(),
                 chain: Chain {
@@ -431,14 +445,14 @@ mod tests {
             },
         );
         tx.push(
-            IpFamily::IPv4,
+            &TableId::new(IpFamily::IPv4, "svcroute"),
             Command::AddRule {
                 chain: "nat-prerouting".into(),
                 rule: Rule::new(vec![Stmt::Verdict(Verdict::Jump("services".into()))]),
             },
         );
         tx.push(
-            IpFamily::IPv6,
+            &TableId::new(IpFamily::IPv6, "svcroute"),
             Command::AddElements {
                 set: "service-ips".into(),
                 elements: vec![(
@@ -456,7 +470,7 @@ mod tests {
             },
         );
         tx.push(
-            IpFamily::IPv6,
+            &TableId::new(IpFamily::IPv6, "svcroute"),
             Command::DeleteElements {
                 set: "cluster-ips".into(),
                 keys: vec![ElemKey::from([Value::Addr("fd00::11".parse().unwrap())])],
@@ -516,12 +530,15 @@ mod tests {
         // Small and large (written on several threads when there are cores to spare).
         for (maps, endpoints) in [(3, 2), (100, 1100)] {
             let table = table(maps, endpoints);
-            let mut expanded = Transaction::new("t");
+            let mut expanded = Transaction::new();
             for command in contents_commands(&table) {
-                expanded.push(IpFamily::IPv6, command);
+                expanded.push(&TableId::new(IpFamily::IPv6, "t"), command);
             }
-            let mut contents = Transaction::new("t");
-            contents.push(IpFamily::IPv6, Command::AddContents(Arc::new(table)));
+            let mut contents = Transaction::new();
+            contents.push(
+                &TableId::new(IpFamily::IPv6, "t"),
+                Command::AddContents(Arc::new(table)),
+            );
             let text = contents.text();
             assert_eq!(text, expanded.text());
             assert_eq!(

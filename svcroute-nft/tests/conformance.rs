@@ -8,7 +8,7 @@ use svcroute_core::decide::Packet;
 use svcroute_core::model::{IpFamily, ProxyConfig};
 use svcroute_core::{ChangeSet, Dataplane, DataplaneError, Decision, Desired, TraceError};
 use svcroute_nft::ruleset::Element;
-use svcroute_nft::{FakeKernel, NftDataplane, Table, names, slots};
+use svcroute_nft::{FakeKernel, NftDataplane, Options, Table, names, slots};
 
 /// The dataplane together with a handle on its fake kernel.
 #[derive(Debug)]
@@ -64,10 +64,25 @@ fn canonical_slots(mut table: Table) -> Table {
     table
 }
 
-/// The conformance harness.
-pub struct NftBackend;
+/// Every chain, set and element of `a` and `b` (shards: the fixed chains and sets are the same
+/// in each, the rest is in one).
+fn union(mut a: Table, b: Table) -> Table {
+    a.chains.extend(b.chains);
+    for (name, set) in b.sets {
+        match a.sets.get_mut(&name) {
+            Some(mine) => mine.elements.extend(set.elements),
+            None => {
+                a.sets.insert(name, set);
+            }
+        }
+    }
+    a
+}
 
-impl Backend for NftBackend {
+/// The conformance harness, `PORTS_PER_SHARD` service ports to a shard.
+pub struct NftBackend<const PORTS_PER_SHARD: usize>;
+
+impl<const PORTS_PER_SHARD: usize> Backend for NftBackend<PORTS_PER_SHARD> {
     type Dp = Harnessed;
 
     fn name() -> &'static str {
@@ -76,20 +91,35 @@ impl Backend for NftBackend {
 
     fn new(_config: &ProxyConfig) -> Harnessed {
         let kernel = FakeKernel::new();
+        let options = Options {
+            ports_per_shard: PORTS_PER_SHARD,
+            ..Options::default()
+        };
         Harnessed {
-            dp: NftDataplane::new(Box::new(kernel.clone())),
+            dp: NftDataplane::with_options(Box::new(kernel.clone()), options),
             kernel,
         }
     }
 
+    /// Our common table and the union of the shards of each family. How many shards there
+    /// are depends on the history (a full sync deals the ports out again, an incremental one
+    /// keeps the count until a family outgrows it), and which shard holds a service follows
+    /// from the count; what the shards hold together does not.
     fn snapshot(dp: &Harnessed) -> String {
-        IpFamily::ALL
-            .iter()
-            .map(|f| {
-                let table = dp.kernel.table(*f, names::TABLE).map(canonical_slots);
-                format!("# {f:?}\n{table:#?}\n")
-            })
-            .collect()
+        let mut out = String::new();
+        for family in IpFamily::ALL {
+            let tables = dp.kernel.tables(family);
+            let common = tables.get(names::TABLE).cloned().map(canonical_slots);
+            let shards = (tables.into_iter())
+                .filter(|(name, _)| name != names::TABLE && names::is_ours(names::TABLE, name))
+                .map(|(_, table)| table)
+                .reduce(union)
+                .map(canonical_slots);
+            out.push_str(&format!(
+                "# {family:?} common\n{common:#?}\n# {family:?} shards\n{shards:#?}\n"
+            ));
+        }
+        out
     }
 
     fn kernel_writes(dp: &Harnessed) -> usize {
@@ -106,4 +136,11 @@ impl Backend for NftBackend {
     }
 }
 
-svcroute_conformance::conformance_tests!(NftBackend);
+svcroute_conformance::conformance_tests!(NftBackend<{ svcroute_nft::shards::PORTS_PER_SHARD }>);
+
+/// The same with a shard for every service port or two: services spread over many tables.
+mod sharded {
+    use super::*;
+
+    svcroute_conformance::conformance_tests!(NftBackend<2>);
+}

@@ -22,6 +22,7 @@ use svcroute_conformance::objects::{ServiceBuilder, ep};
 use svcroute_core::decide::Verdict;
 use svcroute_core::model::{IpFamily, Protocol};
 use svcroute_core::watch::WatchEvent;
+use svcroute_nft::kernel::list_ours;
 use svcroute_nft::names;
 use svcroute_nft::ruleset::{ElemKey, ElemValue, Value, Verdict as NftVerdict, family_name};
 use svcroute_testbed::{
@@ -48,7 +49,7 @@ fn cold_sync_of_thousands_of_services_on_a_fresh_node() {
     else {
         return;
     };
-    assert_eq!(topo.our_table(V4), None, "a fresh node");
+    assert!(topo.our_tables(V4).is_empty(), "a fresh node");
     let mut objects = Vec::new();
     for i in 0..SERVICES {
         let name = format!("web{i}");
@@ -63,8 +64,13 @@ fn cold_sync_of_thousands_of_services_on_a_fresh_node() {
         "cold sync of {SERVICES} services, verified: {:?}",
         started.elapsed()
     );
-    let table = proxy.dataplane().table(V4).expect("programmed");
-    assert_eq!(table.sets[names::SERVICE_IPS].elements.len(), SERVICES);
+    let tables = proxy.dataplane().tables(V4);
+    assert!(tables.len() > 2, "the services are split over shards");
+    let frontends: usize = (tables.iter())
+        .filter_map(|(_, t)| t.sets.get(names::SERVICE_IPS))
+        .map(|s| s.elements.len())
+        .sum();
+    assert_eq!(frontends, SERVICES);
     let client = topo.pod("client");
     for dst in ["10.96.10.1:80", "10.96.19.250:80"] {
         proxy.expect_endpoints(&topo, client, tcp(dst), ALL);
@@ -421,10 +427,11 @@ fn endpoints_keep_their_slots() {
     };
     // The endpoints web's map holds, slot by slot, as the kernel lists them.
     let web_slots = || {
-        let map = names::endpoint_map(&frontend_chain(&topo, V4, "10.96.0.10", 80));
-        let table = topo.our_table(V4).expect("our table");
-        table.sets[&map]
-            .elements
+        let (_, chain) = frontend_chain(&topo, V4, "10.96.0.10", 80);
+        let (_, map) = topo
+            .our_set(V4, &names::endpoint_map(&chain))
+            .expect("web's endpoint map");
+        map.elements
             .iter()
             .map(|(slot, element)| (*slot, element.value.clone()))
             .collect::<Vec<_>>()
@@ -539,12 +546,20 @@ fn iptables_rules(dump: &str) -> Vec<String> {
     out
 }
 
-/// Our two tables, as `nft list tables` prints them.
+/// Our tables of a small cluster (the common table and one shard per family), as `nft list
+/// tables` prints them.
 fn our_tables() -> Vec<String> {
-    IpFamily::ALL
-        .iter()
-        .map(|f| format!("table {} {}", family_name(*f), names::TABLE))
-        .collect()
+    let mut tables = Vec::new();
+    for family in IpFamily::ALL {
+        for name in [
+            names::TABLE.to_string(),
+            names::shard_table(names::TABLE, 0),
+        ] {
+            tables.push(format!("table {} {name}", family_name(family)));
+        }
+    }
+    tables.sort();
+    tables
 }
 
 /// `cleanup` deletes our two tables and nothing else: another program's nftables tables (one
@@ -627,7 +642,7 @@ fn a_restart_adopts_the_existing_tables() {
 
     // A restart: a fresh dataplane replaces the table with its own.
     let mut restarted = Proxy::start(&topo, &objects);
-    assert_eq!(topo.tables(), our_tables(), "exactly one table per family");
+    assert_eq!(topo.tables(), our_tables(), "exactly our tables");
     for family in IpFamily::ALL {
         let live = topo.our_table(family).expect("our table");
         assert!(!live.chains.contains_key("intruder"), "{family:?}");
@@ -646,22 +661,25 @@ fn a_restart_adopts_the_existing_tables() {
     restarted.expect_sticky(&topo, client, Request::new(TCP, "10.96.0.10:80", 8));
 
     // A restart that no longer has the LoadBalancer: its chains and sets go.
-    let before = topo.our_table(V4).expect("our table");
+    let chains = |tables: Vec<(String, svcroute_nft::Table)>| -> usize {
+        tables.iter().map(|(_, t)| t.chains.len()).sum()
+    };
+    let before = chains(topo.our_tables(V4));
     let mut fewer = Proxy::start(&topo, &objects[..4]);
     assert_eq!(topo.tables(), our_tables());
-    let after = topo.our_table(V4).expect("our table");
-    assert!(after.chains.len() < before.chains.len());
+    let after = chains(topo.our_tables(V4));
+    assert!(after < before);
+    let programmed = fewer.dataplane().tables(V4);
     assert_eq!(
-        after.chains.len(),
-        fewer
-            .dataplane()
-            .table(V4)
-            .expect("programmed")
-            .chains
-            .len()
+        after,
+        programmed
+            .iter()
+            .map(|(_, t)| t.chains.len())
+            .sum::<usize>()
     );
+    let (_, frontends) = topo.our_set(V4, names::SERVICE_IPS).expect("frontends");
     assert!(
-        !after.sets[names::SERVICE_IPS]
+        !frontends
             .elements
             .keys()
             .any(|k| k.values()[0] == Value::Addr("198.51.100.30".parse().expect("IP"))),
@@ -670,18 +688,19 @@ fn a_restart_adopts_the_existing_tables() {
     fewer.expect_sticky(&topo, client, Request::new(TCP, "10.96.0.10:80", 8));
 }
 
-/// The chain the ClusterIP frontend `ip:port/TCP` goes to, as the kernel's table says.
-fn frontend_chain(topo: &Topology, family: IpFamily, ip: &str, port: u16) -> String {
-    let table = topo.our_table(family).expect("our table");
+/// The table and chain the ClusterIP frontend `ip:port/TCP` goes to, as the kernel's tables
+/// say.
+fn frontend_chain(topo: &Topology, family: IpFamily, ip: &str, port: u16) -> (String, String) {
+    let (table, frontends) = topo.our_set(family, names::SERVICE_IPS).expect("frontends");
     let key = ElemKey::new(&[
         Value::Addr(ip.parse().expect("IP literal")),
         Value::Proto(TCP),
         Value::Port(port),
     ])
     .expect("short key");
-    match table.sets[names::SERVICE_IPS].elements.get(&key) {
+    match frontends.elements.get(&key) {
         Some(element) => match &element.value {
-            Some(ElemValue::Verdict(NftVerdict::Goto(chain))) => chain.clone(),
+            Some(ElemValue::Verdict(NftVerdict::Goto(chain))) => (table, chain.clone()),
             other => panic!("{ip}:{port} maps to {other:?}"),
         },
         None => panic!("{ip}:{port} is not in {}", names::SERVICE_IPS),
@@ -713,12 +732,12 @@ fn a_failed_sync_changes_nothing_and_the_next_sync_repairs() {
     proxy.expect_endpoints(&topo, client, tcp("10.96.0.10:80"), LOCAL);
 
     // Someone deletes web's IPv4 endpoint chain (and the map element pointing at it).
-    let chain = frontend_chain(&topo, V4, "10.96.0.10", 80);
+    let (shard, chain) = frontend_chain(&topo, V4, "10.96.0.10", 80);
     topo.nft(&format!(
         "delete element ip {t} {ips} {{ 10.96.0.10 . tcp . 80 }}\n\
          flush chain ip {t} {chain}\n\
          delete chain ip {t} {chain}\n",
-        t = names::TABLE,
+        t = shard,
         ips = names::SERVICE_IPS,
     ));
     let tampered = topo.ruleset();
@@ -787,7 +806,7 @@ fn an_invalid_command_rolls_back_the_whole_transaction() {
     let other = Proxy::render_full(&objects);
     let script = format!(
         "{other}add element ip {t} {ips} {{ 10.96.0.99 . tcp . 80 : goto no-such-chain }}\n",
-        t = names::TABLE,
+        t = names::shard_table(names::TABLE, 0),
         ips = names::SERVICE_IPS,
     );
     let err = topo
@@ -834,8 +853,8 @@ fn the_netlink_fast_path_writes_what_nft_would() {
     let w = workload::Workload::new(SERVICES, 4);
     let mut state = w.build_state();
     state.take_changes();
-    let mut states = desired_states(state.desired());
-    let full = full_transaction(names::TABLE, &states);
+    let mut states = desired_states(state.desired(), &svcroute_nft::Options::default());
+    let full = full_transaction(&[], &states);
     fast_kernel.run(&full).expect("full sync");
     nft_kernel.run(&full).expect("full sync");
 
@@ -845,7 +864,7 @@ fn the_netlink_fast_path_writes_what_nft_would() {
             state.apply(e).expect("valid event");
         }
         let changes = state.take_changes();
-        let plan = Plan::new(names::TABLE, &states, state.desired(), &changes);
+        let plan = Plan::new(&states, state.desired(), &changes);
         fast_kernel
             .run(&plan.transaction)
             .unwrap_or_else(|e| panic!("{what}: {e}\n{}", plan.transaction.text()));
@@ -854,8 +873,8 @@ fn the_netlink_fast_path_writes_what_nft_would() {
         plan.commit(&mut states);
         for family in [V4, V6] {
             assert_eq!(
-                fast_kernel.list_table(family, names::TABLE).expect("list"),
-                nft_kernel.list_table(family, names::TABLE).expect("list"),
+                list_ours(&mut fast_kernel, names::TABLE, family).expect("list"),
+                list_ours(&mut nft_kernel, names::TABLE, family).expect("list"),
                 "{what}: {family:?}\n{text}"
             );
         }

@@ -145,6 +145,15 @@ impl FakeKernel {
             .map(|s| s.table.clone())
     }
 
+    /// Every table of `family` now, by name: all of each (see [`FakeKernel::table`]).
+    pub fn tables(&self, family: IpFamily) -> BTreeMap<String, Table> {
+        let inner = self.lock();
+        let of_family = inner.tables.iter().filter(|((f, _), _)| *f == family);
+        of_family
+            .map(|((_, name), s)| (name.clone(), s.table.clone()))
+            .collect()
+    }
+
     /// Replaces (`Some`) or deletes (`None`) table `name` of `family` behind the dataplane's
     /// back, as another program (or an administrator) would. Not a write, and not checked.
     pub fn set_table(&self, family: IpFamily, name: &str, table: Option<Table>) {
@@ -226,6 +235,17 @@ impl Kernel for FakeKernel {
             return Err(KernelError::Fake("injected failure".to_string()));
         }
         apply_transaction(&mut inner.tables, tx).map_err(KernelError::Fake)
+    }
+
+    fn table_names(&mut self, family: IpFamily) -> Result<Vec<String>, KernelError> {
+        let mut inner = self.lock();
+        inner.reads += 1;
+        if inner.read_failures > 0 {
+            inner.read_failures -= 1;
+            return Err(KernelError::Fake("injected read failure".to_string()));
+        }
+        let names = inner.tables.keys().filter(|(f, _)| *f == family);
+        Ok(names.map(|(_, name)| name.clone()).collect())
     }
 
     fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<Table>, KernelError> {
@@ -500,14 +520,14 @@ fn apply_transaction(
     tables: &mut BTreeMap<(IpFamily, String), Stored>,
     tx: &Transaction,
 ) -> Result<(), String> {
-    let mut work: BTreeMap<IpFamily, Working> = BTreeMap::new();
+    let mut work: BTreeMap<(IpFamily, String), Working> = BTreeMap::new();
     let result = apply_all(tables, tx, &mut work);
-    for (family, mut w) in work {
+    for (key, mut w) in work {
         if result.is_err() {
             w.rollback();
         }
         if let Some(s) = w.stored {
-            tables.insert((family, tx.table.clone()), s);
+            tables.insert(key, s);
         }
     }
     result
@@ -516,31 +536,28 @@ fn apply_transaction(
 fn apply_all(
     tables: &mut BTreeMap<(IpFamily, String), Stored>,
     tx: &Transaction,
-    work: &mut BTreeMap<IpFamily, Working>,
+    work: &mut BTreeMap<(IpFamily, String), Working>,
 ) -> Result<(), String> {
-    for (i, (family, command)) in tx.commands.iter().enumerate() {
-        let w = work.entry(*family).or_insert_with(|| Working {
-            stored: tables.remove(&(*family, tx.table.clone())),
+    for (i, (table, command)) in tx.commands.iter().enumerate() {
+        let key = (table.family, table.name.to_string());
+        let w = work.entry(key).or_insert_with_key(|key| Working {
+            stored: tables.remove(key),
             undo: Vec::new(),
             validate: false,
         });
-        apply(w, *family, &tx.table, command).map_err(|why| {
+        apply(w, table.family, &table.name, command).map_err(|why| {
             format!(
                 "command {} ({}): {why}",
                 i + 1,
-                describe(*family, &tx.table, command)
+                describe(table.family, &table.name, command)
             )
         })?;
     }
-    for (family, w) in work.iter() {
+    // Validation is per table, like the kernel's.
+    for ((family, name), w) in work.iter() {
         if let (true, Some(s)) = (w.validate, &w.stored) {
-            validate(&s.table).map_err(|why| {
-                format!(
-                    "commit of table {} {}: {why}",
-                    family_name(*family),
-                    tx.table
-                )
-            })?;
+            validate(&s.table)
+                .map_err(|why| format!("commit of table {} {name}: {why}", family_name(*family)))?;
         }
     }
     Ok(())
@@ -1254,6 +1271,7 @@ fn check_hook_stmts(name: &str, chain: &Chain, base: &str, hook: &BaseHook) -> R
 mod tests {
     use super::*;
     use crate::ruleset::{MarkOp, Verdict};
+    use crate::transaction::TableId;
     use svcroute_core::model::Protocol;
 
     const V4: IpFamily = IpFamily::IPv4;
@@ -1371,9 +1389,9 @@ mod tests {
     }
 
     fn tx(family: IpFamily, commands: Vec<Command>) -> Transaction {
-        let mut tx = Transaction::new(T);
+        let mut tx = Transaction::new();
         for c in commands {
-            tx.push(family, c);
+            tx.push(&TableId::new(family, T), c);
         }
         tx
     }
@@ -2274,19 +2292,19 @@ mod tests {
         let (k, mut dp) = setup();
         let before = k.table(V4, T);
         // Both families, a failing command in the middle: nothing changes anywhere.
-        let mut t = Transaction::new(T);
-        t.push(V6, Command::AddTable { comment: None });
-        t.push(V6, regular("svc"));
-        t.push(V4, regular("svc-c"));
+        let mut t = Transaction::new();
+        t.push(&TableId::new(V6, T), Command::AddTable { comment: None });
+        t.push(&TableId::new(V6, T), regular("svc"));
+        t.push(&TableId::new(V4, T), regular("svc-c"));
         t.push(
-            V4,
+            &TableId::new(V4, T),
             elements(
                 "service-ips",
                 vec![(service("10.96.0.20", 80), to_chain("svc-c"))],
             ),
         );
-        t.push(V4, Command::DeleteChain("nope".into()));
-        t.push(V4, Command::FlushChain("svc-a".into()));
+        t.push(&TableId::new(V4, T), Command::DeleteChain("nope".into()));
+        t.push(&TableId::new(V4, T), Command::FlushChain("svc-a".into()));
         let err = dp.run(&t).unwrap_err();
         assert!(
             err.to_string().starts_with("fake kernel: command 5 "),
@@ -2540,9 +2558,12 @@ mod tests {
     fn families_and_tables_are_separate() {
         let (k, mut dp) = setup();
         assert_eq!(k.table(V6, T), None);
-        let mut other = Transaction::new("other");
-        other.push(V4, Command::AddTable { comment: None });
-        other.push(V4, regular("svc-a"));
+        let mut other = Transaction::new();
+        other.push(
+            &TableId::new(V4, "other"),
+            Command::AddTable { comment: None },
+        );
+        other.push(&TableId::new(V4, "other"), regular("svc-a"));
         dp.run(&other).unwrap();
         assert_eq!(k.table(V4, "other").unwrap().chains.len(), 1);
         assert_eq!(k.table(V4, T).unwrap().chains.len(), 7);

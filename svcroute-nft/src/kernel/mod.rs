@@ -16,6 +16,7 @@ use thiserror::Error;
 pub use fake::FakeKernel;
 pub use system::SystemKernel;
 
+use crate::names;
 use crate::ruleset::Table;
 use crate::transaction::Transaction;
 
@@ -59,6 +60,9 @@ pub trait Kernel: Send + Sync + fmt::Debug {
     /// Runs `tx` as one atomic transaction (`nft -f -`): all of it or nothing.
     fn run(&mut self, tx: &Transaction) -> Result<(), KernelError>;
 
+    /// The names of every table of `family` (ours and anyone else's).
+    fn table_names(&mut self, family: IpFamily) -> Result<Vec<String>, KernelError>;
+
     /// Table `table` of `family` as the kernel holds it, `None` when there is none.
     fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<Table>, KernelError>;
 
@@ -68,4 +72,25 @@ pub trait Kernel: Send + Sync + fmt::Debug {
         family: IpFamily,
         flows: &[ConntrackFlows],
     ) -> Result<(), KernelError>;
+}
+
+/// Our tables of `family` as the kernel holds them: the common table named `table` first (if
+/// it exists), then its shards in order, each with its name.
+pub fn list_ours(
+    kernel: &mut dyn Kernel,
+    table: &str,
+    family: IpFamily,
+) -> Result<Vec<(String, Table)>, KernelError> {
+    let mut ours: Vec<String> = (kernel.table_names(family)?.into_iter())
+        .filter(|n| names::is_ours(table, n))
+        .collect();
+    // The common table first, then shards by number.
+    ours.sort_by_key(|n| (n.len(), n.clone()));
+    let mut out = Vec::with_capacity(ours.len());
+    for name in ours {
+        if let Some(t) = kernel.list_table(family, &name)? {
+            out.push((name, t));
+        }
+    }
+    Ok(out)
 }

@@ -213,6 +213,15 @@ impl Kernel for SystemKernel {
         result
     }
 
+    fn table_names(&mut self, family: IpFamily) -> Result<Vec<String>, KernelError> {
+        let fam = family_name(family);
+        let json = self.exec("nft", &["-j", "list", "tables", fam], None)?;
+        crate::json::parse_table_names(&json, family).map_err(|e| KernelError::Unreadable {
+            family: fam,
+            message: e.to_string(),
+        })
+    }
+
     fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<Table>, KernelError> {
         let fam = family_name(family);
         let json = match self.exec("nft", &["-j", "list", "table", fam, table], None) {
@@ -254,7 +263,7 @@ mod tests {
         BaseHook, Chain, ChainType, ElemKey, ElemValue, Element, Expr, Hook, KeyType, Operand,
         Rule, SetDecl, SetKind, Stmt, Value, Verdict,
     };
-    use crate::transaction::Command as Cmd;
+    use crate::transaction::{Command as Cmd, TableId};
     use svcroute_core::model::Protocol;
 
     #[test]
@@ -338,7 +347,7 @@ mod tests {
     fn an_empty_transaction_runs_nothing() {
         // The namespace does not exist: running anything would fail.
         let mut k = SystemKernel::new().in_netns("svcroute-nftk-no-such-namespace");
-        k.run(&Transaction::new("svcroute")).unwrap();
+        k.run(&Transaction::new()).unwrap();
         let err = k.nft_version().unwrap_err();
         let KernelError::Failed { tool, stderr, .. } = err else {
             panic!("{err}");
@@ -393,9 +402,9 @@ mod tests {
     }
 
     fn tx(commands: Vec<(IpFamily, Cmd)>) -> Transaction {
-        let mut tx = Transaction::new("svcroute-test");
+        let mut tx = Transaction::new();
         for (f, c) in commands {
-            tx.push(f, c);
+            tx.push(&TableId::new(f, "svcroute-test"), c);
         }
         tx
     }

@@ -3,6 +3,7 @@
 //! would run them), and iptables-nft for the rules of "someone else".
 
 use svcroute_core::model::IpFamily;
+use svcroute_nft::ruleset::Set;
 use svcroute_nft::{Kernel as _, SystemKernel, Table, names};
 use svcroute_testbed::{Backend, Topology, run_in_with_input, try_run_in_with_input};
 
@@ -27,9 +28,20 @@ pub trait NftNode {
     /// The `nft` and `conntrack` of the node namespace.
     fn kernel(&self) -> SystemKernel;
 
-    /// Our table of `family` as the kernel holds it (`nft -j list table`, read by the
+    /// Our common table of `family` as the kernel holds it (`nft -j list table`, read by the
     /// backend's own reader).
     fn our_table(&self, family: IpFamily) -> Option<Table>;
+
+    /// Every table of ours of `family` as the kernel holds it, with its name: the common table
+    /// first, then the shards.
+    fn our_tables(&self, family: IpFamily) -> Vec<(String, Table)>;
+
+    /// Set `set` of the first of our tables of `family` that has it, with the table's name.
+    fn our_set(&self, family: IpFamily, set: &str) -> Option<(String, Set)> {
+        self.our_tables(family)
+            .into_iter()
+            .find_map(|(name, mut t)| t.sets.remove(set).map(|s| (name, s)))
+    }
 
     /// `nft list ruleset` of the node: every table, ours and anyone else's.
     fn ruleset(&self) -> String;
@@ -60,6 +72,11 @@ impl NftNode for Topology {
         self.kernel()
             .list_table(family, names::TABLE)
             .unwrap_or_else(|e| panic!("cannot read our {family:?} table: {e}"))
+    }
+
+    fn our_tables(&self, family: IpFamily) -> Vec<(String, Table)> {
+        svcroute_nft::kernel::list_ours(&mut self.kernel(), names::TABLE, family)
+            .unwrap_or_else(|e| panic!("cannot read our {family:?} tables: {e}"))
     }
 
     fn ruleset(&self) -> String {

@@ -1,7 +1,7 @@
 //! svcroute's side of a kernel test: the core state and the nftables dataplane programming
 //! the node namespace. Every sync is followed by `NftDataplane::verify` (the kernel's tables
 //! equal what the dataplane believes it programmed). The live trace reads our table back from
-//! the kernel (`nft -j list table`) and traces it with `trace_table`, which the test bed's
+//! the kernel (`nft -j list table`) and traces it with `trace`, which the test bed's
 //! checks ([`LiveProxy`]) compare with real traffic and the core's decision.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,7 +12,7 @@ use svcroute_core::watch::WatchEvent;
 use svcroute_core::{Dataplane, DataplaneError, Desired, State};
 
 use svcroute_core::conntrack::ConntrackFlows;
-use svcroute_nft::trace::trace_table;
+use svcroute_nft::trace::trace;
 use svcroute_nft::transaction::Transaction;
 use svcroute_nft::{Kernel, KernelError, NftDataplane, SystemKernel, Table};
 use svcroute_testbed::{LiveProxy, Topology, node_config};
@@ -31,6 +31,10 @@ impl Kernel for Recording {
     fn run(&mut self, tx: &Transaction) -> Result<(), KernelError> {
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = tx.text();
         self.kernel.run(tx)
+    }
+
+    fn table_names(&mut self, family: IpFamily) -> Result<Vec<String>, KernelError> {
+        self.kernel.table_names(family)
     }
 
     fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<Table>, KernelError> {
@@ -92,7 +96,8 @@ impl Proxy {
                 .apply(object.clone())
                 .unwrap_or_else(|e| panic!("object rejected: {e}"));
         }
-        svcroute_nft::apply::render_full(svcroute_nft::names::TABLE, state.desired()).text()
+        let options = svcroute_nft::Options::default();
+        svcroute_nft::apply::render_full(state.desired(), &options).text()
     }
 
     /// Writes the whole state again (`Dataplane::sync_full`); checks that the kernel holds
@@ -172,12 +177,13 @@ impl LiveProxy for Proxy {
         self.state.desired()
     }
 
-    /// Traces `packet` through our table of its family as `nft -j list table` shows it.
+    /// Traces `packet` through our tables of its family as `nft -j list table` shows them.
     fn trace_live(&self, topo: &Topology, packet: &Packet) -> Decision {
-        let table = topo.our_table(IpFamily::of(&packet.destination));
-        trace_table(self.state.desired().config(), table.as_ref(), packet).unwrap_or_else(|e| {
+        let tables = topo.our_tables(IpFamily::of(&packet.destination));
+        let tables: Vec<&Table> = tables.iter().map(|(_, t)| t).collect();
+        trace(self.state.desired().config(), &tables, packet).unwrap_or_else(|e| {
             panic!(
-                "cannot trace {packet} through the node's table: {e}\n{}",
+                "cannot trace {packet} through the node's tables: {e}\n{}",
                 topo.ruleset()
             )
         })

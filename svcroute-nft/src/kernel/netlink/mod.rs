@@ -15,10 +15,9 @@ use std::collections::HashMap;
 use std::io;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
-use svcroute_core::model::IpFamily;
 
 use crate::kernel::KernelError;
-use crate::transaction::{Command, Transaction};
+use crate::transaction::{Command, TableId, Transaction};
 use message::{F_ACK, F_REQUEST, Message, parse_replies};
 
 pub use encode::Unsupported;
@@ -45,28 +44,29 @@ pub struct Session {
 /// the transactions that created them. Element changes of a set it does not know go through
 /// `nft -f`.
 #[derive(Debug, Default, Clone)]
-pub struct KnownSets(HashMap<(IpFamily, String), bool>);
+pub struct KnownSets(HashMap<(TableId, String), bool>);
 
 impl KnownSets {
-    /// Whether `set` of `family` is known to hold plain elements.
-    pub fn is_plain(&self, family: IpFamily, set: &str) -> bool {
-        self.0.get(&(family, set.to_string())) == Some(&true)
+    /// Whether `set` of `table` is known to hold plain elements.
+    pub fn is_plain(&self, table: &TableId, set: &str) -> bool {
+        self.0.get(&(table.clone(), set.to_string())) == Some(&true)
     }
 
     /// Records what a committed transaction created and deleted.
     pub fn record(&mut self, tx: &Transaction) {
-        for (family, command) in &tx.commands {
+        for (table, command) in &tx.commands {
             match command {
-                Command::DeleteTable => self.0.retain(|(f, _), _| f != family),
+                Command::DeleteTable => self.0.retain(|(t, _), _| t != table),
                 Command::AddSet { name, decl } => {
-                    self.0.insert((*family, name.clone()), !decl.interval);
+                    self.0.insert((table.clone(), name.clone()), !decl.interval);
                 }
                 Command::DeleteSet { name, .. } => {
-                    self.0.remove(&(*family, name.clone()));
+                    self.0.remove(&(table.clone(), name.clone()));
                 }
-                Command::AddContents(table) => {
-                    for (name, set) in &table.sets {
-                        self.0.insert((*family, name.clone()), !set.decl.interval);
+                Command::AddContents(contents) => {
+                    for (name, set) in &contents.sets {
+                        self.0
+                            .insert((table.clone(), name.clone()), !set.decl.interval);
                     }
                 }
                 _ => {}
@@ -96,13 +96,18 @@ pub fn encode_batch(
 ) -> Result<(Vec<u8>, Vec<u32>), Unsupported> {
     let mut batch = Message::new(BATCH_BEGIN, F_REQUEST, seq, 0, encode::SUBSYS_NFTABLES).finish();
     let mut seqs = Vec::with_capacity(tx.commands.len());
-    for (i, (family, command)) in tx.commands.iter().enumerate() {
+    for (i, (table, command)) in tx.commands.iter().enumerate() {
         let s = seq.wrapping_add(1 + i as u32);
         // Only the last message asks for an acknowledgement: errors are always reported.
         let ack = if i + 1 == tx.commands.len() { F_ACK } else { 0 };
-        let plain = |set: &str| sets.is_plain(*family, set);
+        let plain = |set: &str| sets.is_plain(table, set);
         batch.extend(encode::command(
-            &tx.table, *family, command, s, ack, &plain,
+            &table.name,
+            table.family,
+            command,
+            s,
+            ack,
+            &plain,
         )?);
         seqs.push(s);
         if batch.len() > MAX_BATCH {
@@ -147,7 +152,7 @@ impl Session {
                     .iter()
                     .position(|s| *s == seq)
                     .map(|i| {
-                        let mut one = Transaction::new(&tx.table);
+                        let mut one = Transaction::new();
                         one.commands.push(tx.commands[i].clone());
                         one.text().trim_end().to_string()
                     })
@@ -227,6 +232,7 @@ mod tests {
     use super::*;
     use crate::ruleset::{Chain, ElemValue, Element, SetDecl, SetKind, Stmt, Value, Verdict};
     use crate::transaction::Command;
+    use svcroute_core::model::IpFamily;
 
     const V4: IpFamily = IpFamily::IPv4;
 
@@ -243,10 +249,10 @@ mod tests {
     }
 
     fn known() -> KnownSets {
-        let mut tx = Transaction::new("t");
+        let mut tx = Transaction::new();
         for (name, interval) in [("plain", false), ("ranges", true)] {
             tx.push(
-                V4,
+                &TableId::new(V4, "t"),
                 Command::AddSet {
                     name: name.into(),
                     decl: set_decl(interval),
@@ -285,16 +291,16 @@ mod tests {
 
     #[test]
     fn a_batch_is_framed_and_only_its_last_command_asks_for_an_ack() {
-        let mut tx = Transaction::new("t");
-        tx.push(V4, Command::FlushChain("svc-a".into()));
+        let mut tx = Transaction::new();
+        tx.push(&TableId::new(V4, "t"), Command::FlushChain("svc-a".into()));
         tx.push(
-            V4,
+            &TableId::new(V4, "t"),
             Command::AddRule {
                 chain: "svc-a".into(),
                 rule: crate::ruleset::Rule::new(vec![Stmt::Verdict(Verdict::Drop)]),
             },
         );
-        tx.push(V4, add("plain"));
+        tx.push(&TableId::new(V4, "t"), add("plain"));
         let (batch, seqs) = encode_batch(&tx, 100, &known()).unwrap();
         assert_eq!(seqs, vec![101, 102, 103]);
         let h = headers(&batch);
@@ -320,8 +326,8 @@ mod tests {
     fn what_the_encoder_does_not_cover_goes_to_nft() {
         let sets = known();
         let unsupported = |command: Command| {
-            let mut tx = Transaction::new("t");
-            tx.push(V4, command);
+            let mut tx = Transaction::new();
+            tx.push(&TableId::new(V4, "t"), command);
             encode_batch(&tx, 1, &sets).err()
         };
         assert!(unsupported(add("plain")).is_none());
@@ -386,12 +392,14 @@ mod tests {
     #[test]
     fn sets_are_forgotten_with_their_table() {
         let mut sets = known();
-        assert!(sets.is_plain(V4, "plain"));
-        assert!(!sets.is_plain(V4, "ranges"));
-        assert!(!sets.is_plain(IpFamily::IPv6, "plain"));
-        let mut tx = Transaction::new("t");
-        tx.push(V4, Command::DeleteTable);
+        let t = TableId::new(V4, "t");
+        assert!(sets.is_plain(&t, "plain"));
+        assert!(!sets.is_plain(&t, "ranges"));
+        assert!(!sets.is_plain(&TableId::new(IpFamily::IPv6, "t"), "plain"));
+        assert!(!sets.is_plain(&TableId::new(V4, "t-0"), "plain"));
+        let mut tx = Transaction::new();
+        tx.push(&t, Command::DeleteTable);
         sets.record(&tx);
-        assert!(!sets.is_plain(V4, "plain"));
+        assert!(!sets.is_plain(&t, "plain"));
     }
 }
