@@ -164,7 +164,7 @@ mod tests {
         let packet: Packet = "10.0.0.1 10.96.0.1:80/tcp".parse().unwrap();
         let err = backend.trace(&packet).unwrap_err().to_string();
         assert!(
-            err.starts_with("cannot read this node's table ip svcroute: "),
+            err.starts_with("cannot read this node's tables ip svcroute*: "),
             "{err}"
         );
         // The failure is remembered: every packet of the family sees the same snapshot.
@@ -172,7 +172,7 @@ mod tests {
         let v6: Packet = "fd00::1 [fd00:10:96::1]:80/tcp".parse().unwrap();
         let err6 = backend.trace(&v6).unwrap_err().to_string();
         assert!(
-            err6.starts_with("cannot read this node's table ip6 svcroute: "),
+            err6.starts_with("cannot read this node's tables ip6 svcroute*: "),
             "{err6}"
         );
     }

@@ -197,10 +197,12 @@ pub fn desired_states(desired: &Desired, options: &Options) -> BTreeMap<IpFamily
     })
 }
 
-/// The full transaction for `desired` (what `sync_full` writes on a node holding none of our
-/// tables), without running it.
+/// The full transaction for `desired`, without running it: what `sync_full` writes on a node
+/// that holds at most our common tables (it also deletes the common table of a family not
+/// handled; `sync_full` deletes whichever of our tables the kernel lists).
 pub fn render_full(desired: &Desired, options: &Options) -> Transaction {
-    full_transaction(&[], &desired_states(desired, options))
+    let common = IpFamily::ALL.map(|f| TableId::new(f, &options.table));
+    full_transaction(&common, &desired_states(desired, options))
 }
 
 /// `table` without what `nft -j` does not list: table and chain comments, the protocol of

@@ -1079,6 +1079,26 @@ mod tests {
     }
 
     #[test]
+    fn table_names_of_one_family() {
+        let json = format!(
+            r#"{{"nftables": [{META},
+                {{"table": {{"family": "ip", "name": "svcroute", "handle": 1}}}},
+                {{"table": {{"family": "ip6", "name": "svcroute", "handle": 2}}}},
+                {{"table": {{"family": "ip", "name": "svcroute-0", "handle": 3}}}},
+                {{"table": {{"family": "inet", "name": "filter", "handle": 4}}}}]}}"#
+        );
+        let names = parse_table_names(&json, IpFamily::IPv4).unwrap();
+        assert_eq!(names, ["svcroute", "svcroute-0"]);
+        assert_eq!(
+            parse_table_names(&json, IpFamily::IPv6).unwrap(),
+            ["svcroute"]
+        );
+        let nameless = r#"{"nftables": [{"table": {"family": "ip"}}]}"#;
+        assert!(parse_table_names(nameless, IpFamily::IPv4).is_err());
+        assert!(parse_table_names("{}", IpFamily::IPv4).is_err());
+    }
+
+    #[test]
     fn tables_and_their_absence() {
         let json = format!(r#"{{"nftables": [{META}]}}"#);
         assert_eq!(parse_table(&json, IpFamily::IPv4).unwrap(), None);

@@ -1,9 +1,10 @@
 //! An nftables dataplane for svcroute.
 //!
-//! [`NftDataplane`] programs the core's decision into one private table per family
-//! (`ip svcroute`, `ip6 svcroute`) that svcroute alone owns, writes every sync as one atomic
-//! `nft -f -` transaction holding only what changed, and traces packets through the ruleset it
-//! programmed (or through `nft -j list table` of a live node).
+//! [`NftDataplane`] programs the core's decision into private tables that svcroute alone owns:
+//! per family (`ip`, `ip6`), a common table `svcroute` and shards `svcroute-0`,
+//! `svcroute-1`, ... that split the service ports between them ([`shards`]). It writes every
+//! sync as one atomic transaction holding only what changed, and traces packets through the
+//! ruleset it programmed (or through `nft -j list table` of a live node).
 //!
 //! # Layout
 //!
@@ -11,9 +12,20 @@
 //! backend); `E` hashes the service port and one endpoint.
 //!
 //! ```text
+//! common table `svcroute`
 //! filter prerouting/output  prio -110  ct state new: daddr . l4proto . dport vmap @firewall-ips
 //!                                      (LB IP with source ranges -> goto fw-H: allowed
 //!                                      sources return, the rest drop)
+//! filter input/forward/output prio -1  ct state new: daddr . l4proto . dport vmap
+//!                                      @no-endpoint-services, NodePorts vmap
+//!                                      @no-endpoint-nodeports (goto reject-chain | drop);
+//!                                      daddr @cluster-ips reject (undefined ports);
+//!                                      daddr @service-cidrs drop; input: health-check ports
+//!                                      accept
+//! nat postrouting           prio 100   ct status dnat saddr . daddr @hairpin: mark;
+//!                                      marked: clear mark, masquerade fully-random
+//!
+//! each shard `svcroute-N` (the service ports whose service hashes to N)
 //! nat prerouting/output     prio -100  daddr . l4proto . dport vmap @service-ips
 //!                                        ClusterIP -> goto svc-H | svl-H;
 //!                                        externalIP, LB IP -> goto ext-H
@@ -29,15 +41,11 @@
 //!                                      goto sep-E (per endpoint); numgen random mod N vmap
 //!                                      @svc-H-ep (slot -> goto sep-E); sep-E: update @aff-H
 //!                                      { saddr . numgen random mod 1 offset ID_E }, dnat to E
-//! filter input/forward/output prio -1  ct state new: daddr . l4proto . dport vmap
-//!                                      @no-endpoint-services, NodePorts vmap
-//!                                      @no-endpoint-nodeports (goto reject-chain | drop);
-//!                                      daddr @cluster-ips reject (undefined ports);
-//!                                      daddr @service-cidrs drop; input: health-check ports
-//!                                      accept
-//! nat postrouting           prio 100   ct status dnat saddr . daddr @hairpin: mark;
-//!                                      marked: clear mark, masquerade fully-random
 //! ```
+//!
+//! The shards' nat chains run one after the other at the same hook; each knows only its own
+//! services' frontends (a frontend belongs to one service), and the first DNAT ends the hook.
+//! Everything every packet passes (the filter hooks) is in the common table, once.
 //!
 //! Differences from kube-proxy's nftables mode, each to make syncs cost O(changes) in the
 //! kernel and in `nft`: endpoints are elements of one map per endpoint chain rather than one
@@ -64,6 +72,16 @@
 //! their port's endpoint map across incremental syncs ([`slots`]), so that taking one out of
 //! fifty rewrites three elements of the map rather than refilling it.
 //!
+//! # Shards
+//!
+//! When a transaction adds a rule or a `jump`/`goto` element, the kernel re-validates at
+//! commit every chain reachable from the base chains of the table it changed. An endpoint that
+//! leaves or joins changes its port's `numgen random mod N` rule, so in a single table of
+//! 5,000 services that walk would be most of the change's cost; in a shard it covers a few
+//! hundred services. The common table holds no port chain but the load balancers' `fw-H`, so
+//! its walks are short too. Full syncs gain as well: the kernel finds sets by walking their
+//! table's list of sets.
+//!
 //! # Writing to the kernel
 //!
 //! A full sync is written with `nft -f -`. An incremental transaction that holds only element
@@ -72,8 +90,8 @@
 //! ([`SystemKernel`]): the kernel applies it as atomically as `nft -f`, without `nft` reading
 //! the whole ruleset first (100 ms and more on a 5,000 × 50 table). One endpoint changing its
 //! address then costs under a millisecond at any size. When the change adds or replaces a
-//! rule, the kernel re-validates every chain reachable from our base chains at commit, which
-//! is what bounds that case (tens of milliseconds at 5,000 services, see `BENCHMARKS.md`).
+//! rule, the kernel re-validates the chains of its shard at commit, which is what bounds that
+//! case (see `BENCHMARKS.md`).
 //!
 //! # Full syncs
 //!

@@ -1,4 +1,4 @@
-//! Names of our table, chains, sets and maps, and comment escaping. Per-service objects are
+//! Names of our tables, chains, sets and maps, and comment escaping. Per-service objects are
 //! named by kube-proxy's hash of the service port (`svc-TCOU7JCQXEZGVUNU` is kube-dns's `dns`
 //! UDP port, the same hash as the iptables backend's `KUBE-SVC-TCOU7JCQXEZGVUNU`), never by
 //! user strings; user strings appear only in escaped comments.
@@ -11,7 +11,8 @@ use svcroute_core::select::ServicePortName;
 
 use crate::ruleset::endpoint_text;
 
-/// The default name of our table (one per family: `ip svcroute`, `ip6 svcroute`).
+/// The default name of our common table (one per family: `ip svcroute`, `ip6 svcroute`); the
+/// shards are named after it ([`shard_table`]).
 pub const TABLE: &str = "svcroute";
 
 /// filter prerouting, before DNAT: the load-balancer source-range firewall.
@@ -260,6 +261,24 @@ mod tests {
         assert_ne!(affinity_id(&a), affinity_id(&b));
         assert_eq!(affinity_id("sep-AAAAAAQ"), 1);
         assert_eq!(affinity_id("sep-7777777777777777"), 0x7fff_ffff);
+    }
+
+    #[test]
+    fn our_tables_are_the_common_table_and_numbered_shards() {
+        assert_eq!(shard_table(TABLE, 3), "svcroute-3");
+        for ours in ["svcroute", "svcroute-0", "svcroute-17"] {
+            assert!(is_ours(TABLE, ours), "{ours}");
+        }
+        for theirs in [
+            "svcroute-",
+            "svcroute-x",
+            "svcroute-0a",
+            "svcroute2",
+            "filter",
+            "svc",
+        ] {
+            assert!(!is_ours(TABLE, theirs), "{theirs}");
+        }
     }
 
     #[test]

@@ -211,7 +211,110 @@ impl FamilyTables {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use svcroute_conformance::objects::{ServiceBuilder, SliceBuilder, ep};
+    use svcroute_core::State;
+    use svcroute_core::model::ProxyConfig;
+
     use super::*;
+    use crate::names::PortNames;
+    use crate::ruleset::{ElemValue, Verdict};
+
+    const V4: IpFamily = IpFamily::IPv4;
+
+    /// A core state with services `web0..web{n-1}`, each with one port and two endpoints.
+    fn state(n: u8) -> State {
+        let config = ProxyConfig {
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            ..ProxyConfig::default()
+        };
+        let mut state = State::new(config).unwrap();
+        for i in 0..n {
+            let name = format!("web{i}");
+            let svc = ServiceBuilder::new("default", &name)
+                .cluster_ip(&format!("10.96.0.{}", 10 + i))
+                .port("http", 80, "TCP");
+            state.apply(svc.apply()).unwrap();
+            state.apply(slice(&name, &[1, 2])).unwrap();
+        }
+        state.take_changes();
+        state
+    }
+
+    fn slice(service: &str, endpoints: &[u8]) -> svcroute_core::watch::WatchEvent {
+        let slice = SliceBuilder::ipv4("default", &format!("{service}-1"), service)
+            .port("http", 8080, "TCP");
+        let slice = endpoints
+            .iter()
+            .fold(slice, |s, e| s.endpoint(ep(&format!("10.244.1.{e}"))));
+        slice.apply()
+    }
+
+    #[test]
+    fn each_service_lives_in_the_shard_its_name_hashes_to() {
+        let state = state(12);
+        let tables = FamilyTables::build(state.desired(), V4, "t", 3);
+        assert_eq!(tables.shards(), 4);
+        let all: Vec<(&TableId, &Table)> = tables.tables().collect();
+        assert_eq!(&*all[0].0.name, "t");
+        for port in state.desired().ports() {
+            let shard = shard_of(&port.name.service, 4);
+            let (id, table) = all[1 + shard];
+            assert_eq!(*id.name, names::shard_table("t", shard));
+            let svc = PortNames::new(&port.name).endpoints(port.internal_traffic_policy);
+            assert!(table.chains.contains_key(&svc), "{svc} in {}", id.name);
+            let targets: BTreeSet<&ElemValue> = table.sets[names::SERVICE_IPS]
+                .elements
+                .values()
+                .filter_map(|e| e.value.as_ref())
+                .collect();
+            assert!(targets.contains(&ElemValue::Verdict(Verdict::Goto(svc))));
+        }
+        let common = all[0].1;
+        assert_eq!(common.sets[names::CLUSTER_IPS].elements.len(), 12);
+        assert!(!common.chains.keys().any(|c| c.starts_with("svc-")));
+    }
+
+    #[test]
+    fn a_change_writes_to_its_shard_and_the_common_table_only() {
+        let mut state = state(12);
+        let mut tables = FamilyTables::build(state.desired(), V4, "t", 3);
+        state.apply(slice("web5", &[1, 2, 3])).unwrap();
+        let changes = state.take_changes();
+        let config = state.desired().config();
+        let parts: PartChanges = (changes.changes().iter())
+            .map(|c| {
+                let parts = c
+                    .current
+                    .as_ref()
+                    .and_then(|p| render::port_objects(config, p, V4));
+                (c.name.clone(), parts)
+            })
+            .collect();
+        let mut tx = Transaction::new();
+        let plan = tables.plan(parts, &mut tx);
+        let written: BTreeSet<&str> = tx.commands.iter().map(|(t, _)| &*t.name).collect();
+        let shard = shard_of(&ServiceName::new("default", "web5"), 4);
+        let shard_name = names::shard_table("t", shard);
+        let expected = BTreeSet::from(["t", shard_name.as_str()]);
+        // The hairpin pair goes to the common table, the endpoint to the shard.
+        assert_eq!(written, expected, "{}", tx.text());
+        tables.commit(plan);
+        let rebuilt = FamilyTables::build(state.desired(), V4, "t", 3);
+        let now: Vec<(&TableId, &Table)> = tables.tables().collect();
+        assert_eq!(now, rebuilt.tables().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn families_that_outgrow_their_shards_ask_for_more() {
+        let state = state(4);
+        let tables = FamilyTables::build(state.desired(), V4, "t", 2);
+        assert_eq!(tables.shards(), 2);
+        assert!(!tables.needs_more_shards(8));
+        assert!(tables.needs_more_shards(9));
+        assert!(!tables.needs_more_shards(0));
+    }
 
     #[test]
     fn shard_counts_grow_with_the_ports() {
@@ -227,7 +330,7 @@ mod tests {
     fn services_spread_over_the_shards() {
         let mut counts = [0usize; 8];
         for i in 0..8000 {
-            counts[shard_of(&ServiceName::new("ns", &format!("svc-{i}")), 8)] += 1;
+            counts[shard_of(&ServiceName::new("ns", format!("svc-{i}")), 8)] += 1;
         }
         assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
         let web = ServiceName::new("default", "web");

@@ -1,7 +1,7 @@
 //! Follows a packet through the nftables ruleset svcroute programs, and answers with core's
 //! [`Decision`].
 //!
-//! [`trace`] interprets a [`Table`] generically, statement by statement, starting from its base
+//! [`trace`] interprets [`Table`]s generically, statement by statement, starting from their base
 //! chains: it relies on no chain or set name, only on hooks, priorities and what the rules say.
 //! Anything it cannot interpret is an error ([`TraceError::Unsupported`] or
 //! [`TraceError::Inconsistent`], naming the chain and the rule), never skipped or guessed.
@@ -24,7 +24,8 @@
 //!    included (the iptables tracer's nat `POSTROUTING` step, which is where the reference
 //!    decides masquerade).
 //!
-//! Within a hook, base chains run in priority order (ties by name). `accept` ends the current
+//! Within a hook, the base chains of every table run in priority order (ties in the order the
+//! tables are given, then by name); a chain's jumps and lookups stay in its table. `accept` ends the current
 //! base chain only; `drop` and `reject` end the packet. `jump` returns to the next rule,
 //! `goto` returns to the caller's caller; `return` or the end of a regular chain returns, the
 //! end of a base chain is its `accept` policy. `dnat` and `masquerade` end their nat base
