@@ -10,6 +10,7 @@
 //! cargo bench -p svcroute-nft --bench kernel -- 5000x50      # workloads whose id matches
 //! cargo bench -p svcroute-nft --bench kernel -- --latency    # connections/s, 10 vs 10,000
 //! cargo bench -p svcroute-nft --bench kernel -- --nft-only   # changes with `nft -f` only
+//! cargo bench -p svcroute-nft --bench kernel -- --ports-per-shard=1024 ...  # other shards
 //! ```
 //!
 //! Changes start once the kernel has settled after the full sync (it frees the objects of a
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 use svcroute_core::model::api;
 use svcroute_core::watch::Event;
 use svcroute_core::{Dataplane, State};
-use svcroute_nft::{NftDataplane, SystemKernel};
+use svcroute_nft::{NftDataplane, Options, SystemKernel};
 
 use common::Workload;
 use kernel_bench::Netns;
@@ -64,14 +65,14 @@ fn run_in(ns: &Netns, program: &str, args: &[&str]) {
     assert!(ok, "{program} {args:?} failed in {}", ns.0);
 }
 
-fn sync(w: Workload, nft_only: bool, runtime: &tokio::runtime::Runtime) {
+fn sync(w: Workload, nft_only: bool, options: &Options, runtime: &tokio::runtime::Runtime) {
     let ns = Netns::new(format!("svcroute-nftbench-{}", std::process::id()));
     let mut state = w.build_state();
     let mut kernel = SystemKernel::new().in_netns(ns.0.clone());
     if nft_only {
         kernel = kernel.nft_only();
     }
-    let mut dp = NftDataplane::new(Box::new(kernel));
+    let mut dp = NftDataplane::with_options(Box::new(kernel), options.clone());
 
     let start = Instant::now();
     let report = runtime
@@ -137,7 +138,12 @@ impl Drop for LatencyBed {
 }
 
 impl LatencyBed {
-    fn new(tag: &str, services: usize, runtime: &tokio::runtime::Runtime) -> Self {
+    fn new(
+        tag: &str,
+        services: usize,
+        options: &Options,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Self {
         let pid = std::process::id();
         let node = Netns::new(format!("svcroute-nftlat-{tag}-node-{pid}"));
         let pod = Netns::new(format!("svcroute-nftlat-{tag}-pod-{pid}"));
@@ -172,7 +178,7 @@ impl LatencyBed {
         state.apply(Event::Apply(slice)).expect("probe slice");
         state.take_changes();
         let kernel = SystemKernel::new().in_netns(node.0.clone());
-        let mut dataplane = NftDataplane::new(Box::new(kernel));
+        let mut dataplane = NftDataplane::with_options(Box::new(kernel), options.clone());
         runtime
             .block_on(dataplane.sync_full(state.desired()))
             .expect("full sync");
@@ -218,10 +224,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Connections per second with 10 and with 10,000 services programmed: both beds exist at
 /// once and their rounds alternate, so a slower moment of the machine hits both alike.
-fn latency(runtime: &tokio::runtime::Runtime) -> (f64, f64) {
-    const ROUNDS: usize = 9;
-    let few = LatencyBed::new("a", 10, runtime);
-    let many = LatencyBed::new("b", 10_000, runtime);
+fn latency(options: &Options, runtime: &tokio::runtime::Runtime) -> (f64, f64) {
+    const ROUNDS: usize = 21;
+    let few = LatencyBed::new("a", 10, options, runtime);
+    let many = LatencyBed::new("b", 10_000, options, runtime);
     let (mut few_rates, mut many_rates) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         few_rates.push(few.round());
@@ -264,8 +270,15 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("tokio runtime");
+    let mut options = Options::default();
+    if let Some(n) = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--ports-per-shard="))
+    {
+        options.ports_per_shard = n.parse().expect("--ports-per-shard=N");
+    }
     if args.iter().any(|a| a == "--latency") {
-        let (few, many) = latency(&runtime);
+        let (few, many) = latency(&options, &runtime);
         println!(
             "first-packet (median of alternating rounds): {few:.0} connections/s with 10 \
              services, {many:.0} with 10,000: ratio {:.3}",
@@ -280,10 +293,13 @@ fn main() {
     } else {
         "netlink fast path"
     };
-    println!("nft kernel sync, {CHANGES} changes per workload, {path}");
+    println!(
+        "nft kernel sync, {CHANGES} changes per workload, {path}, {} service ports per shard",
+        options.ports_per_shard
+    );
     for w in WORKLOADS {
         if filters.is_empty() || filters.iter().any(|f| w.id() == **f) {
-            sync(w, nft_only, &runtime);
+            sync(w, nft_only, &options, &runtime);
         }
     }
 }
