@@ -317,12 +317,10 @@ impl NftDataplane {
         }
     }
 
-    /// Whether a family has outgrown its shards ([`FamilyTables::needs_more_shards`]).
-    fn outgrown(&self, desired: &Desired) -> bool {
-        self.shadow.families.iter().any(|(family, tables)| {
-            let ports = desired.ports().filter(|p| p.family(*family).is_some());
-            tables.needs_more_shards(ports.count())
-        })
+    /// Whether a family outgrows its shards with `changes` ([`FamilyTables::needs_more_shards`]).
+    fn outgrown(&self, changes: &ChangeSet) -> bool {
+        (self.shadow.families.values())
+            .any(|tables| tables.needs_more_shards(tables.ports_after(changes)))
     }
 
     fn incremental(
@@ -372,7 +370,7 @@ impl Dataplane for NftDataplane {
         match SyncKind::for_apply(changes, desired, self.needs_full_sync, programmed) {
             SyncKind::Nothing => Ok(ApplyReport::default()),
             SyncKind::Full => self.sync_full(desired).await,
-            SyncKind::Incremental if self.outgrown(desired) => self.sync_full(desired).await,
+            SyncKind::Incremental if self.outgrown(changes) => self.sync_full(desired).await,
             SyncKind::Incremental => self.incremental(desired, changes),
         }
     }
@@ -415,5 +413,111 @@ impl Dataplane for NftDataplane {
         let tables = self.tables(IpFamily::of(&packet.destination));
         let tables: Vec<&Table> = tables.into_iter().map(|(_, t)| t).collect();
         trace::trace(config, &tables, packet)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use svcroute_conformance::objects::{ServiceBuilder, SliceBuilder, ep};
+    use svcroute_core::State;
+    use svcroute_core::model::ProxyConfig;
+
+    use super::*;
+    use crate::kernel::FakeKernel;
+
+    /// A core state with services `web0..web{n-1}`, each with one port and one endpoint.
+    fn state(n: u8) -> State {
+        let mut state = State::new(ProxyConfig::default()).unwrap();
+        for i in 0..n {
+            add(&mut state, i);
+        }
+        state.take_changes();
+        state
+    }
+
+    fn add(state: &mut State, i: u8) {
+        let name = format!("web{i}");
+        let svc = ServiceBuilder::new("default", &name)
+            .cluster_ip(&format!("10.96.0.{}", 10 + i))
+            .port("http", 80, "TCP");
+        state.apply(svc.apply()).unwrap();
+        let slice = SliceBuilder::ipv4("default", &format!("{name}-1"), &name)
+            .port("http", 8080, "TCP")
+            .endpoint(ep(&format!("10.244.1.{}", 1 + i)));
+        state.apply(slice.apply()).unwrap();
+    }
+
+    /// Our IPv4 tables in `kernel`, by name.
+    fn ours(kernel: &FakeKernel) -> Vec<String> {
+        let names = kernel.tables(IpFamily::IPv4).into_keys();
+        names.filter(|n| names::is_ours(names::TABLE, n)).collect()
+    }
+
+    fn dataplane(kernel: &FakeKernel, ports_per_shard: usize) -> NftDataplane {
+        let options = Options {
+            ports_per_shard,
+            ..Options::default()
+        };
+        NftDataplane::with_options(Box::new(kernel.clone()), options)
+    }
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_full_sync_deletes_the_shards_of_an_earlier_run_and_cleanup_every_one() {
+        let kernel = FakeKernel::new();
+        // Someone else's tables, one of them named like ours but not a shard.
+        for name in ["filter", "svcroute-x"] {
+            kernel.set_table(IpFamily::IPv4, name, Some(Table::new(IpFamily::IPv4)));
+        }
+        let state = state(8);
+        block_on(dataplane(&kernel, 2).sync_full(state.desired())).unwrap();
+        assert_eq!(ours(&kernel).len(), 1 + 4);
+        // A restart that wants fewer shards replaces them all.
+        let mut restarted = dataplane(&kernel, 4);
+        block_on(restarted.sync_full(state.desired())).unwrap();
+        assert_eq!(ours(&kernel), ["svcroute", "svcroute-0", "svcroute-1"]);
+        restarted.verify().unwrap();
+        // A shard left over from elsewhere is out of sync.
+        kernel.set_table(
+            IpFamily::IPv4,
+            "svcroute-7",
+            Some(Table::new(IpFamily::IPv4)),
+        );
+        let err = restarted.verify().unwrap_err().to_string();
+        assert!(err.contains("svcroute-7"), "{err}");
+        block_on(restarted.cleanup()).unwrap();
+        assert!(ours(&kernel).is_empty());
+        let left: Vec<String> = kernel.tables(IpFamily::IPv4).into_keys().collect();
+        assert_eq!(left, ["filter", "svcroute-x"]);
+    }
+
+    #[test]
+    fn a_family_that_outgrows_its_shards_gets_a_full_sync_into_more() {
+        let kernel = FakeKernel::new();
+        let mut state = state(2);
+        let mut dp = dataplane(&kernel, 2);
+        block_on(dp.sync_full(state.desired())).unwrap();
+        assert_eq!(ours(&kernel).len(), 2);
+        // Up to twice the shards' share: incremental syncs into the one shard.
+        for i in 2..4 {
+            add(&mut state, i);
+            let changes = state.take_changes();
+            let report = block_on(dp.apply(state.desired(), &changes)).unwrap();
+            assert_eq!(report.service_ports, 1);
+        }
+        assert_eq!(ours(&kernel).len(), 2);
+        // One more: a full sync deals the five ports out to three shards.
+        add(&mut state, 4);
+        let changes = state.take_changes();
+        let report = block_on(dp.apply(state.desired(), &changes)).unwrap();
+        assert_eq!(report.service_ports, 5, "a full sync");
+        assert_eq!(ours(&kernel).len(), 1 + 3);
+        dp.verify().unwrap();
     }
 }

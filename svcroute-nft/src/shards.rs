@@ -18,9 +18,9 @@
 
 use std::sync::Arc;
 
-use svcroute_core::Desired;
 use svcroute_core::model::{IpFamily, ServiceName};
 use svcroute_core::select::{ResolvedServicePort, ServicePortName};
+use svcroute_core::{ChangeSet, Desired};
 
 use crate::names;
 use crate::parallel;
@@ -153,6 +153,20 @@ impl FamilyTables {
     /// The number of shards.
     pub fn shards(&self) -> usize {
         self.shards.len()
+    }
+
+    /// The number of this family's service ports once `changes` are applied (every port of
+    /// the family has objects in the common table).
+    pub fn ports_after(&self, changes: &ChangeSet) -> usize {
+        let family = self.family();
+        changes
+            .changes()
+            .iter()
+            .fold(self.common.port_count(), |n, c| {
+                let was = self.common.holds(&c.name);
+                let will = (c.current.as_ref()).is_some_and(|p| p.family(family).is_some());
+                n + usize::from(will) - usize::from(was)
+            })
     }
 
     /// Whether `ports` service ports of this family are more than twice what the shards

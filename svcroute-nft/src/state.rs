@@ -397,6 +397,16 @@ impl TableState {
         &self.table
     }
 
+    /// Whether service port `name` has objects here.
+    pub fn holds(&self, name: &ServicePortName) -> bool {
+        self.ports.contains_key(name)
+    }
+
+    /// The number of service ports with objects here.
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
     /// Which table.
     pub fn id(&self) -> &TableId {
         &self.id
