@@ -6,10 +6,12 @@
 //!   makes our chains exactly the objects' routing, deletes chains we own but no longer want
 //!   and removes the rules of families the settings do not handle. `--dry-run` prints those
 //!   payloads instead.
-//! - nft: one atomic `nft -f -` transaction replaces svcroute's table of each family (`ip
-//!   svcroute`, `ip6 svcroute`) with the objects' routing, and deletes the table of a family
-//!   the settings do not handle; nothing outside those tables is touched. The transaction does
-//!   not depend on what the kernel holds, so `--dry-run` prints it without reading the kernel.
+//! - nft: one atomic `nft -f -` transaction replaces svcroute's tables of each family (the
+//!   common table `ip svcroute` and its shards `ip svcroute-0`, ...) with the objects'
+//!   routing, and deletes our tables of a family the settings do not handle and shards no
+//!   longer needed; nothing outside those tables is touched. `--dry-run` prints the
+//!   transaction without reading the kernel (it then deletes only the tables it writes and
+//!   the common tables).
 //!
 //! `cleanup` is `Dataplane::cleanup`: with iptables, every chain svcroute owns (kube-proxy's
 //! names) and every hook jumping to one is removed; with nft, svcroute's tables.

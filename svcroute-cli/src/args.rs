@@ -46,8 +46,8 @@ BACKENDS (--backend)
   memory     the conformance suite's in-memory dataplane (trace only)
   iptables   kube-proxy's iptables chains, written with `iptables-restore --noflush`
              (every command; --iptables-mode picks the tools)
-  nft        svcroute's own nftables tables `ip svcroute` and `ip6 svcroute`, written in one
-             atomic `nft -f -` transaction (every command)
+  nft        svcroute's own nftables tables `ip svcroute`, `ip6 svcroute` and their shards
+             `svcroute-N`, written in one atomic `nft -f -` transaction (every command)
   all        every backend above side by side (trace only)";
 
 /// `svcroute`: plan and trace Kubernetes Service routing for one node.
@@ -181,7 +181,8 @@ pub enum Command {
 pub enum RulesBackend {
     /// kube-proxy's iptables chains, written with `iptables-restore --noflush`.
     Iptables,
-    /// svcroute's nftables tables (`ip svcroute`, `ip6 svcroute`), written with `nft -f -`.
+    /// svcroute's nftables tables (`ip svcroute`, `ip6 svcroute` and their shards
+    /// `svcroute-N`), written with `nft -f -`.
     Nft,
 }
 
