@@ -307,9 +307,8 @@ impl NftDataplane {
     }
 
     fn run(&mut self, operation: &str, tx: &Transaction) -> Result<usize, DataplaneError> {
-        let bytes = tx.text().len();
         match self.kernel.run(tx) {
-            Ok(()) => Ok(bytes),
+            Ok(bytes) => Ok(bytes),
             Err(e) => {
                 self.needs_full_sync = true;
                 Err(kernel_error(operation, e))

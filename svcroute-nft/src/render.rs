@@ -1,6 +1,8 @@
-//! Rendering (pure): the settings become the fixed chains and sets of a family's table
-//! ([`skeleton`]); each resolved service port becomes its own chains and maps plus elements in
-//! the shared sets and maps ([`port_objects`]). The layout is drawn in the crate docs.
+//! Rendering (pure): the settings become the fixed chains and sets of a family's common table
+//! ([`common_skeleton`]) and of each of its shards ([`shard_skeleton`]); each resolved service
+//! port becomes its own chains and maps plus elements in the shared sets and maps, split
+//! between the common table and its shard ([`port_objects`]). The layout is drawn in the
+//! crate docs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -227,14 +227,17 @@ impl FakeKernel {
 }
 
 impl Kernel for FakeKernel {
-    fn run(&mut self, tx: &Transaction) -> Result<(), KernelError> {
+    fn run(&mut self, tx: &Transaction) -> Result<usize, KernelError> {
         let mut inner = self.lock();
         inner.writes += 1;
-        inner.record(tx.text());
+        let text = tx.text();
+        let bytes = text.len();
+        inner.record(text);
         if inner.take_failure() {
             return Err(KernelError::Fake("injected failure".to_string()));
         }
-        apply_transaction(&mut inner.tables, tx).map_err(KernelError::Fake)
+        apply_transaction(&mut inner.tables, tx).map_err(KernelError::Fake)?;
+        Ok(bytes)
     }
 
     fn table_names(&mut self, family: IpFamily) -> Result<Vec<String>, KernelError> {
@@ -2624,7 +2627,7 @@ mod tests {
             }
             let before = k.table(V4, T);
             match dp.run(&tx(V4, commands)) {
-                Ok(()) => accepted_count += 1,
+                Ok(_) => accepted_count += 1,
                 Err(_) => {
                     rejected_count += 1;
                     assert_eq!(k.table(V4, T), before);

@@ -57,8 +57,10 @@ pub enum KernelError {
 
 /// What the backend needs from the kernel.
 pub trait Kernel: Send + Sync + fmt::Debug {
-    /// Runs `tx` as one atomic transaction (`nft -f -`): all of it or nothing.
-    fn run(&mut self, tx: &Transaction) -> Result<(), KernelError>;
+    /// Runs `tx` as one atomic transaction (`nft -f -`): all of it or nothing. Returns the
+    /// size of its text (`tx.text().len()`), which a full sync's caller would otherwise write
+    /// a second time to count.
+    fn run(&mut self, tx: &Transaction) -> Result<usize, KernelError>;
 
     /// The names of every table of `family` (ours and anyone else's).
     fn table_names(&mut self, family: IpFamily) -> Result<Vec<String>, KernelError>;

@@ -77,7 +77,8 @@ impl SystemKernel {
     }
 
     /// Writes `tx` through netlink when it can be encoded, else with `nft -f`.
-    fn write(&mut self, tx: &Transaction) -> Result<(), KernelError> {
+    /// Writes `tx`; returns the size of its text.
+    fn write(&mut self, tx: &Transaction) -> Result<usize, KernelError> {
         if !self.nft_only {
             if self.netlink.is_none() {
                 match Session::open(self.netns.as_deref()) {
@@ -90,7 +91,7 @@ impl SystemKernel {
                 match session.run(tx, &self.sets) {
                     Ok(None) => {
                         self.netlink_batches += 1;
-                        return Ok(());
+                        return Ok(tx.text().len());
                     }
                     Ok(Some(_unsupported)) => {}
                     Err(e) => {
@@ -103,7 +104,9 @@ impl SystemKernel {
                 }
             }
         }
-        self.exec("nft", &["-f", "-"], Some(tx.text())).map(|_| ())
+        let text = tx.text();
+        let bytes = text.len();
+        self.exec("nft", &["-f", "-"], Some(text)).map(|_| bytes)
     }
 
     /// What `nft --version` prints, trimmed (`nftables v1.0.6 (Lester Gooch #5)`).
@@ -199,13 +202,13 @@ fn is_missing_table(err: &KernelError) -> bool {
 }
 
 impl Kernel for SystemKernel {
-    fn run(&mut self, tx: &Transaction) -> Result<(), KernelError> {
+    fn run(&mut self, tx: &Transaction) -> Result<usize, KernelError> {
         if tx.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let result = self.write(tx);
         match &result {
-            Ok(()) => self.sets.record(tx),
+            Ok(_) => self.sets.record(tx),
             // A refused transaction changed nothing; after an I/O error nobody knows.
             Err(KernelError::Io { .. }) => self.sets.clear(),
             Err(_) => {}

@@ -28,7 +28,7 @@ struct Recording {
 }
 
 impl Kernel for Recording {
-    fn run(&mut self, tx: &Transaction) -> Result<(), KernelError> {
+    fn run(&mut self, tx: &Transaction) -> Result<usize, KernelError> {
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = tx.text();
         self.kernel.run(tx)
     }
