@@ -680,7 +680,7 @@ pub struct Set {
     pub elements: BTreeMap<ElemKey, Element>,
 }
 
-/// One family's table.
+/// One table of a family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
     /// The family.

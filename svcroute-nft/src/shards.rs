@@ -114,9 +114,10 @@ impl FamilyTables {
         let mut by_table = by_table.into_iter();
         let common_runs = by_table.next().unwrap_or_default();
         let shard_runs: Vec<(usize, Vec<PortRun>)> = by_table.enumerate().collect();
-        // The common table (every hairpin pair) on one thread, the shards on the other.
+        // Large families: the common table (every hairpin pair) on one thread, the shards on
+        // the other.
         let (common, shards) = parallel::join(
-            true,
+            ports.len() >= 1024,
             || TableState::from_runs(table, render::common_skeleton(config, family), common_runs),
             || {
                 shard_runs
@@ -165,15 +166,15 @@ impl FamilyTables {
             .fold(self.common.port_count(), |n, c| {
                 let was = self.common.holds(&c.name);
                 let will = (c.current.as_ref()).is_some_and(|p| p.family(family).is_some());
-                n + usize::from(will) - usize::from(was)
+                (n + usize::from(will)).saturating_sub(usize::from(was))
             })
     }
 
     /// Whether `ports` service ports of this family are more than twice what the shards
     /// should hold: a full sync then deals them out to more shards.
     pub fn needs_more_shards(&self, ports: usize) -> bool {
-        ports > 2 * self.per_shard.max(1) * self.shards.len()
-            && self.shards.len() < shard_count(ports, self.per_shard)
+        let share = self.per_shard.max(1).saturating_mul(self.shards.len());
+        ports > share.saturating_mul(2) && self.shards.len() < shard_count(ports, self.per_shard)
     }
 
     /// Appends the commands writing every table from scratch (after their deletion).
@@ -328,6 +329,8 @@ mod tests {
         assert!(!tables.needs_more_shards(8));
         assert!(tables.needs_more_shards(9));
         assert!(!tables.needs_more_shards(0));
+        let huge = FamilyTables::build(state.desired(), V4, "t", usize::MAX);
+        assert!(!huge.needs_more_shards(usize::MAX));
     }
 
     #[test]

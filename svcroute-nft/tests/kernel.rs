@@ -562,7 +562,7 @@ fn our_tables() -> Vec<String> {
     tables
 }
 
-/// `cleanup` deletes our two tables and nothing else: another program's nftables tables (one
+/// `cleanup` deletes our tables and nothing else: another program's nftables tables (one
 /// of them called `inet svcroute`) and its iptables-nft rules survive a sync and the cleanup,
 /// byte for byte.
 #[test]
@@ -586,7 +586,7 @@ fn cleanup_removes_only_our_tables() {
     let mut with_ours = tables.clone();
     with_ours.extend(our_tables());
     with_ours.sort();
-    assert_eq!(topo.tables(), with_ours, "a sync adds our two tables only");
+    assert_eq!(topo.tables(), with_ours, "a sync adds our tables only");
     for (i, family) in IpFamily::ALL.into_iter().enumerate() {
         assert_eq!(
             iptables_rules(&topo.iptables_save(family)),
@@ -603,7 +603,7 @@ fn cleanup_removes_only_our_tables() {
             "{family:?}: left after cleanup"
         );
     }
-    assert_eq!(topo.tables(), tables, "cleanup deletes our two tables only");
+    assert_eq!(topo.tables(), tables, "cleanup deletes our tables only");
     assert_eq!(
         topo.ruleset(),
         ruleset,
@@ -621,8 +621,8 @@ fn cleanup_removes_only_our_tables() {
     assert_eq!(topo.tables(), tables);
 }
 
-/// A restarted proxy adopts the table of the previous run: a fresh dataplane's `sync_full`
-/// over an existing (and meddled-with) table leaves exactly one table per family, equal to
+/// A restarted proxy adopts the tables of the previous run: a fresh dataplane's `sync_full`
+/// over existing (and meddled-with) tables leaves exactly our tables of each family, equal to
 /// its own shadow, and traffic flows; a restart with fewer objects deletes what is gone.
 #[test]
 fn a_restart_adopts_the_existing_tables() {
@@ -789,7 +789,7 @@ fn a_failed_sync_changes_nothing_and_the_next_sync_repairs() {
     proxy.expect_endpoints(&topo, client, tcp("10.96.0.12:80"), LOCAL);
 }
 
-/// Atomicity of one `nft -f` transaction: a full sync's text (our table of both families
+/// Atomicity of one `nft -f` transaction: a full sync's text (our tables of both families
 /// deleted and written again with other services) followed by one invalid command changes
 /// nothing at all; our tables still equal what the dataplane programmed.
 #[test]

@@ -1,4 +1,4 @@
-//! The only I/O of the backend: running one atomic transaction, reading our table back with
+//! The only I/O of the backend: running one atomic transaction, reading our tables back with
 //! `nft -j list table`, deleting conntrack entries. [`SystemKernel`] runs the real tools (and
 //! writes the transactions of endpoint changes as nf_tables netlink batches itself);
 //! [`FakeKernel`] keeps an in-memory ruleset with the kernel's transaction semantics, for tests.

@@ -1,6 +1,6 @@
 //! svcroute's side of a kernel test: the core state and the nftables dataplane programming
 //! the node namespace. Every sync is followed by `NftDataplane::verify` (the kernel's tables
-//! equal what the dataplane believes it programmed). The live trace reads our table back from
+//! equal what the dataplane believes it programmed). The live trace reads our tables back from
 //! the kernel (`nft -j list table`) and traces it with `trace`, which the test bed's
 //! checks ([`LiveProxy`]) compare with real traffic and the core's decision.
 
