@@ -46,8 +46,9 @@ BACKENDS (--backend)
   memory     the conformance suite's in-memory dataplane (trace only)
   iptables   kube-proxy's iptables chains, written with `iptables-restore --noflush`
              (every command; --iptables-mode picks the tools)
-  nft        svcroute's own nftables tables `ip svcroute`, `ip6 svcroute` and their shards
-             `svcroute-N`, written in one atomic `nft -f -` transaction (every command)
+  nft        svcroute's own nftables tables `ip svcroute`, `ip6 svcroute` (and shards
+             `svcroute-N` beyond 512 service ports), written in one atomic `nft -f -`
+             transaction (every command)
   all        every backend above side by side (trace only)";
 
 /// `svcroute`: plan and trace Kubernetes Service routing for one node.

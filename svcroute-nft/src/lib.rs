@@ -1,8 +1,9 @@
 //! An nftables dataplane for svcroute.
 //!
 //! [`NftDataplane`] programs the core's decision into private tables that svcroute alone owns:
-//! per family (`ip`, `ip6`), a common table `svcroute` and shards `svcroute-0`,
-//! `svcroute-1`, ... that split the service ports between them ([`shards`]). It writes every
+//! per family (`ip`, `ip6`), one table `svcroute` up to 512 service ports (by default), and
+//! beyond that a common table `svcroute` plus shards `svcroute-0`, `svcroute-1`, ... that
+//! split the service ports between them ([`shards`]). It writes every
 //! sync as one atomic transaction holding only what changed, and traces packets through the
 //! ruleset it programmed (or through `nft -j list table` of a live node).
 //!
@@ -12,7 +13,7 @@
 //! backend); `E` hashes the service port and one endpoint.
 //!
 //! ```text
-//! common table `svcroute`
+//! common table `svcroute` (a family of up to 512 ports: the only table, its shard too)
 //! filter prerouting/output  prio -110  ct state new: daddr . l4proto . dport vmap @firewall-ips
 //!                                      (LB IP with source ranges -> goto fw-H: allowed
 //!                                      sources return, the rest drop)

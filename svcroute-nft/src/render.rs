@@ -38,6 +38,20 @@ pub struct PortParts {
     pub shard: PortObjects,
 }
 
+impl PortParts {
+    /// Both parts in one, for a family whose common table is its only shard.
+    pub fn merged(self) -> PortObjects {
+        let PortParts {
+            mut common,
+            mut shard,
+        } = self;
+        common.chains.append(&mut shard.chains);
+        common.sets.append(&mut shard.sets);
+        common.elements.append(&mut shard.elements);
+        common
+    }
+}
+
 fn rule(stmts: Vec<Stmt>) -> Rule {
     Rule::new(stmts)
 }
@@ -378,6 +392,21 @@ pub fn common_skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
         chains,
         sets,
     )
+}
+
+/// The fixed chains and sets of a family whose common table is also its only shard: both
+/// skeletons in one table (what they share, `mark-for-masquerade` and `nodeport-ips`, is the
+/// same in both).
+pub fn single_table_skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
+    let mut table = common_skeleton(config, family);
+    let shard = shard_skeleton(config, family);
+    for (name, chain) in shard.chains {
+        table.chains.entry(name).or_insert(chain);
+    }
+    for (name, set) in shard.sets {
+        table.sets.entry(name).or_insert(set);
+    }
+    table
 }
 
 fn mark_for_masquerade(config: &ProxyConfig) -> Chain {

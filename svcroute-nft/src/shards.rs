@@ -9,7 +9,9 @@
 //! tenth. Finding a set by name walks the table's list of sets too, so a full sync gains as
 //! well.
 //!
-//! A service's ports all go to the shard its name hashes to. Their nat chains run in turn
+//! A family of no more ports than one shard holds is a single table: the common table is its
+//! only shard and holds both skeletons and every part of every port. A service's ports all go
+//! to the shard its name hashes to. Their nat chains run in turn
 //! (at the same hook and priority, in the kernel's order): each looks up its own frontend
 //! maps only, frontends are unique to one service ([`svcroute_core`] rejects a second claim),
 //! and the first DNAT ends the hook's nat chains. The number of shards is chosen at each full
@@ -62,6 +64,7 @@ pub type PartChanges = Vec<(ServicePortName, Option<PortParts>)>;
 #[derive(Debug, Clone)]
 pub struct FamilyTables {
     common: TableState,
+    /// Empty when the common table is the only shard.
     shards: Vec<TableState>,
     /// Service ports the shards should hold at most each.
     per_shard: usize,
@@ -86,14 +89,21 @@ impl FamilyTables {
             .filter(|p| p.family(family).is_some())
             .collect();
         let count = shard_count(ports.len(), per_shard);
-        // Per thread: the common table's run, then each shard's.
+        // The tables' runs per thread: the common table's, then each shard's (none when the
+        // common table is the only shard).
+        let tables = if count == 1 { 1 } else { 1 + count };
         let runs = parallel::fold_pieces(
             &ports,
             PORTS_PER_PIECE,
-            || (0..=count).map(|_| PortRun::default()).collect::<Vec<_>>(),
+            || (0..tables).map(|_| PortRun::default()).collect::<Vec<_>>(),
             |runs, ports| {
                 for port in ports {
-                    if let Some(parts) = render::port_objects(config, port, family) {
+                    let Some(parts) = render::port_objects(config, port, family) else {
+                        continue;
+                    };
+                    if tables == 1 {
+                        runs[0].push(port.name.clone(), parts.merged());
+                    } else {
                         let shard = 1 + shard_of(&port.name.service, count);
                         runs[0].push(port.name.clone(), parts.common);
                         runs[shard].push(port.name.clone(), parts.shard);
@@ -105,7 +115,7 @@ impl FamilyTables {
                 runs
             },
         );
-        let mut by_table: Vec<Vec<PortRun>> = (0..=count).map(|_| Vec::new()).collect();
+        let mut by_table: Vec<Vec<PortRun>> = (0..tables).map(|_| Vec::new()).collect();
         for thread in runs {
             for (table_runs, run) in by_table.iter_mut().zip(thread) {
                 table_runs.push(run);
@@ -114,11 +124,16 @@ impl FamilyTables {
         let mut by_table = by_table.into_iter();
         let common_runs = by_table.next().unwrap_or_default();
         let shard_runs: Vec<(usize, Vec<PortRun>)> = by_table.enumerate().collect();
+        let common_skeleton = if tables == 1 {
+            render::single_table_skeleton(config, family)
+        } else {
+            render::common_skeleton(config, family)
+        };
         // Large families: the common table (every hairpin pair) on one thread, the shards on
         // the other.
         let (common, shards) = parallel::join(
             ports.len() >= 1024,
-            || TableState::from_runs(table, render::common_skeleton(config, family), common_runs),
+            || TableState::from_runs(table, common_skeleton, common_runs),
             || {
                 shard_runs
                     .into_iter()
@@ -151,9 +166,9 @@ impl FamilyTables {
             .map(|s| (s.id(), s.table()))
     }
 
-    /// The number of shards.
+    /// The number of shards (1 when the common table is the only one).
     pub fn shards(&self) -> usize {
-        self.shards.len()
+        self.shards.len().max(1)
     }
 
     /// The number of this family's service ports once `changes` are applied (every port of
@@ -173,8 +188,8 @@ impl FamilyTables {
     /// Whether `ports` service ports of this family are more than twice what the shards
     /// should hold: a full sync then deals them out to more shards.
     pub fn needs_more_shards(&self, ports: usize) -> bool {
-        let share = self.per_shard.max(1).saturating_mul(self.shards.len());
-        ports > share.saturating_mul(2) && self.shards.len() < shard_count(ports, self.per_shard)
+        let share = self.per_shard.max(1).saturating_mul(self.shards());
+        ports > share.saturating_mul(2) && self.shards() < shard_count(ports, self.per_shard)
     }
 
     /// Appends the commands writing every table from scratch (after their deletion).
@@ -194,6 +209,10 @@ impl FamilyTables {
             shards: vec![Vec::new(); self.shards.len()],
         };
         for (name, parts) in changes {
+            if self.shards.is_empty() {
+                plan.common.push((name, parts.map(PortParts::merged)));
+                continue;
+            }
             let shard = shard_of(&name.service, self.shards.len());
             let (common, ours) = match parts {
                 Some(p) => (Some(p.common), Some(p.shard)),
@@ -319,6 +338,25 @@ mod tests {
         let rebuilt = FamilyTables::build(state.desired(), V4, "t", 3);
         let now: Vec<(&TableId, &Table)> = tables.tables().collect();
         assert_eq!(now, rebuilt.tables().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_family_one_shard_holds_is_one_table() {
+        let state = state(3);
+        let tables = FamilyTables::build(state.desired(), V4, "t", 3);
+        assert_eq!(tables.shards(), 1);
+        let all: Vec<(&TableId, &Table)> = tables.tables().collect();
+        assert_eq!(all.len(), 1);
+        let table = all[0].1;
+        for chain in [
+            names::NAT_PREROUTING,
+            names::FILTER_INPUT,
+            names::NAT_POSTROUTING,
+        ] {
+            assert!(table.chains.contains_key(chain), "{chain}");
+        }
+        assert_eq!(table.sets[names::SERVICE_IPS].elements.len(), 3);
+        assert_eq!(table.sets[names::CLUSTER_IPS].elements.len(), 3);
     }
 
     #[test]

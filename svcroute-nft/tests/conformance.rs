@@ -64,8 +64,8 @@ fn canonical_slots(mut table: Table) -> Table {
     table
 }
 
-/// Every chain, set and element of `a` and `b` (shards: the fixed chains and sets are the same
-/// in each, the rest is in one).
+/// Every chain, set and element of `a` and `b` (our tables: the fixed chains and sets they
+/// share are the same in each, the rest is in one).
 fn union(mut a: Table, b: Table) -> Table {
     a.chains.extend(b.chains);
     for (name, set) in b.sets {
@@ -101,23 +101,22 @@ impl<const PORTS_PER_SHARD: usize> Backend for NftBackend<PORTS_PER_SHARD> {
         }
     }
 
-    /// Our common table and the union of the shards of each family. How many shards there
-    /// are depends on the history (a full sync deals the ports out again, an incremental one
-    /// keeps the count until a family outgrows it), and which shard holds a service follows
-    /// from the count; what the shards hold together does not.
+    /// The union of our tables of each family. How many shards there are depends on the
+    /// history (a full sync deals the ports out again, an incremental one keeps the count
+    /// until a family outgrows it; one shard is the common table itself), and which shard
+    /// holds a service follows from the count; what the tables hold together does not.
     fn snapshot(dp: &Harnessed) -> String {
         let mut out = String::new();
         for family in IpFamily::ALL {
-            let tables = dp.kernel.tables(family);
-            let common = tables.get(names::TABLE).cloned().map(canonical_slots);
+            let mut tables = dp.kernel.tables(family);
+            // The common table first: its comment is the union's.
+            let common = tables.remove(names::TABLE);
             let shards = (tables.into_iter())
-                .filter(|(name, _)| name != names::TABLE && names::is_ours(names::TABLE, name))
-                .map(|(_, table)| table)
-                .reduce(union)
-                .map(canonical_slots);
-            out.push_str(&format!(
-                "# {family:?} common\n{common:#?}\n# {family:?} shards\n{shards:#?}\n"
-            ));
+                .filter(|(name, _)| names::is_ours(names::TABLE, name))
+                .map(|(_, table)| table);
+            let all = common.into_iter().chain(shards).reduce(union);
+            let all = all.map(canonical_slots);
+            out.push_str(&format!("# {family:?}\n{all:#?}\n"));
         }
         out
     }

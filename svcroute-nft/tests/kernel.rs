@@ -546,20 +546,13 @@ fn iptables_rules(dump: &str) -> Vec<String> {
     out
 }
 
-/// Our tables of a small cluster (the common table and one shard per family), as `nft list
-/// tables` prints them.
+/// Our tables of a small cluster (one per family: the common table is the only shard), as
+/// `nft list tables` prints them.
 fn our_tables() -> Vec<String> {
-    let mut tables = Vec::new();
-    for family in IpFamily::ALL {
-        for name in [
-            names::TABLE.to_string(),
-            names::shard_table(names::TABLE, 0),
-        ] {
-            tables.push(format!("table {} {name}", family_name(family)));
-        }
-    }
-    tables.sort();
-    tables
+    IpFamily::ALL
+        .iter()
+        .map(|f| format!("table {} {}", family_name(*f), names::TABLE))
+        .collect()
 }
 
 /// `cleanup` deletes our tables and nothing else: another program's nftables tables (one
@@ -806,7 +799,7 @@ fn an_invalid_command_rolls_back_the_whole_transaction() {
     let other = Proxy::render_full(&objects);
     let script = format!(
         "{other}add element ip {t} {ips} {{ 10.96.0.99 . tcp . 80 : goto no-such-chain }}\n",
-        t = names::shard_table(names::TABLE, 0),
+        t = names::TABLE,
         ips = names::SERVICE_IPS,
     );
     let err = topo
