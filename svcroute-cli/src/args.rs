@@ -47,7 +47,7 @@ BACKENDS (--backend)
   iptables   kube-proxy's iptables chains, written with `iptables-restore --noflush`
              (every command; --iptables-mode picks the tools)
   nft        svcroute's own nftables tables `ip svcroute`, `ip6 svcroute` (and shards
-             `svcroute-N` beyond 512 service ports), written in one atomic `nft -f -`
+             `svcroute-N` beyond 1,024 service ports), written in one atomic `nft -f -`
              transaction (every command)
   all        every backend above side by side (trace only)";
 

@@ -1,7 +1,7 @@
 //! An nftables dataplane for svcroute.
 //!
 //! [`NftDataplane`] programs the core's decision into private tables that svcroute alone owns:
-//! per family (`ip`, `ip6`), one table `svcroute` up to 512 service ports (by default), and
+//! per family (`ip`, `ip6`), one table `svcroute` up to 1,024 service ports (by default), and
 //! beyond that a common table `svcroute` plus shards `svcroute-0`, `svcroute-1`, ... that
 //! split the service ports between them ([`shards`]). It writes every
 //! sync as one atomic transaction holding only what changed, and traces packets through the
@@ -13,7 +13,7 @@
 //! backend); `E` hashes the service port and one endpoint.
 //!
 //! ```text
-//! common table `svcroute` (a family of up to 512 ports: the only table, its shard too)
+//! common table `svcroute` (a family of up to 1,024 ports: the only table, its shard too)
 //! filter prerouting/output  prio -110  ct state new: daddr . l4proto . dport vmap @firewall-ips
 //!                                      (LB IP with source ranges -> goto fw-H: allowed
 //!                                      sources return, the rest drop)
@@ -30,8 +30,9 @@
 //! nat prerouting/output     prio -100  daddr . l4proto . dport vmap @service-ips
 //!                                        ClusterIP -> goto svc-H | svl-H;
 //!                                        externalIP, LB IP -> goto ext-H
-//!                                      fib daddr type local (or daddr @nodeport-ips)
-//!                                        l4proto . dport vmap @service-nodeports -> goto ext-H
+//!                                      l4proto . dport @nodeport-keys, fib daddr type local
+//!                                        (or daddr @nodeport-ips): l4proto . dport vmap
+//!                                        @service-nodeports -> goto ext-H
 //! ext-H                                eTP=Cluster: mark for masquerade, goto svc-H;
 //!                                      eTP=Local: pods goto svc-H; node sources masquerade
 //!                                      and goto svc-H; the rest goto svl-H
@@ -78,8 +79,8 @@
 //! When a transaction adds a rule or a `jump`/`goto` element, the kernel re-validates at
 //! commit every chain reachable from the base chains of the table it changed. An endpoint that
 //! leaves or joins changes its port's `numgen random mod N` rule, so in a single table of
-//! 5,000 services that walk would be most of the change's cost; in a shard it covers a few
-//! hundred services. The common table holds no port chain but the load balancers' `fw-H`, so
+//! 5,000 services that walk would be most of the change's cost; in a shard it covers a
+//! thousand services at most. The common table holds no port chain but the load balancers' `fw-H`, so
 //! its walks are short too. Full syncs gain as well: the kernel finds sets by walking their
 //! table's list of sets.
 //!

@@ -66,6 +66,10 @@ pub const FIREWALL_IPS: &str = "firewall-ips";
 pub const SERVICE_IPS: &str = "service-ips";
 /// `proto . nodePort` → `goto ext-H`.
 pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+/// `proto . nodePort` of a shard's NodePorts: the nat hooks look a packet up here before
+/// asking `fib` whether it is for a node address, which would cost every shard a route lookup
+/// for every new connection.
+pub const NODEPORT_KEYS: &str = "nodeport-keys";
 /// `IP . proto . port` of frontends without usable endpoints → reject or drop.
 pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 /// `proto . nodePort` without usable endpoints → reject or drop.

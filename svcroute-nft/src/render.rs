@@ -420,8 +420,11 @@ fn mark_for_masquerade(config: &ProxyConfig) -> Chain {
 /// the chains of its service ports. Each shard holds a share of the service ports, so that a
 /// change re-validates only its shard's chains at commit.
 pub fn shard_skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
-    let (mut gate, node_port_ips) = node_port_gate(config, family);
-    gate.push(Stmt::Vmap {
+    let (gate, node_port_ips) = node_port_gate(config, family);
+    // The shard's own NodePorts first: a hash lookup, where the gate may be a route lookup.
+    let mut node_ports = vec![in_set(node_port_key(), names::NODEPORT_KEYS)];
+    node_ports.extend(gate);
+    node_ports.push(Stmt::Vmap {
         key: node_port_key(),
         map: names::SERVICE_NODEPORTS.into(),
     });
@@ -442,7 +445,7 @@ pub fn shard_skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
                     key: frontend_key(),
                     map: names::SERVICE_IPS.into(),
                 }]),
-                rule(gate),
+                rule(node_ports),
             ]),
         ),
         (names::MARK_FOR_MASQUERADE, mark_for_masquerade(config)),
@@ -452,6 +455,14 @@ pub fn shard_skeleton(config: &ProxyConfig, family: IpFamily) -> Table {
         (names::NODEPORT_IPS, node_port_ips_set(node_port_ips)),
         (names::SERVICE_IPS, frontend_map("service frontends")),
         (names::SERVICE_NODEPORTS, node_port_map("NodePorts")),
+        (
+            names::NODEPORT_KEYS,
+            empty_set(set_decl(
+                SetKind::Set,
+                vec![KeyType::Proto, KeyType::Service],
+                "the keys of service-nodeports",
+            )),
+        ),
     ];
     table_of(
         family,
@@ -690,6 +701,8 @@ impl PortRenderer<'_> {
         }
         if let Some(np) = self.port.node_port {
             self.node_port(names::SERVICE_NODEPORTS, np, Verdict::Goto(ext));
+            let key = [Value::Proto(self.protocol), Value::Port(np)];
+            self.element(names::NODEPORT_KEYS, key.into(), None);
         }
         used
     }
