@@ -348,6 +348,85 @@ fn no_endpoints_reject() {
     proxy.expect_no_answer(&topo, client, unallocated, Verdict::Drop);
 }
 
+/// Services spread over many shards (a shard per service port) route exactly like one table:
+/// a new connection passes the nat chains of every shard until one DNATs it, the filter
+/// hooks and masquerading of the common table apply to all of them, and a change to one
+/// service is written to its shard incrementally.
+#[test]
+fn services_spread_over_shards_route_like_one_table() {
+    let Some(topo) = Topology::new(&NFT, "services_spread_over_shards_route_like_one_table") else {
+        return;
+    };
+    let options = svcroute_nft::Options {
+        ports_per_shard: 1,
+        ..svcroute_nft::Options::default()
+    };
+    let mut proxy = Proxy::start_with(
+        &topo,
+        &[
+            service("web", &["10.96.0.110", "fd00:96::110"]).apply(),
+            topo.slice("web", V4, ALL),
+            topo.slice("web", V6, ALL),
+            ServiceBuilder::new("default", "local")
+                .node_port_type()
+                .cluster_ips(&["10.96.0.111"])
+                .node_port("http", 80, "TCP", 30111)
+                .external_policy_local()
+                .apply(),
+            topo.slice("local", V4, ALL),
+            ServiceBuilder::new("default", "lb")
+                .load_balancer()
+                .cluster_ips(&["10.96.0.112"])
+                .node_port("http", 80, "TCP", 30112)
+                .lb_ingress("198.51.100.112")
+                .source_range("192.168.50.2/32")
+                .apply(),
+            topo.slice("lb", V4, ALL),
+            service("sticky", &["10.96.0.113"])
+                .client_ip_affinity(None)
+                .apply(),
+            topo.slice("sticky", V4, ALL),
+            service("echo", &["10.96.0.114"]).apply(),
+            topo.slice("echo", V4, LOCAL),
+            service("empty", &["10.96.0.115"]).apply(),
+        ],
+        options,
+    );
+    let shards = topo.our_tables(V4).len() - 1;
+    assert!(shards >= 4, "{shards} shards");
+    let client = topo.pod("client");
+    proxy.expect_endpoints(&topo, client, tcp("10.96.0.110:80"), ALL);
+    proxy.expect_endpoints(&topo, client, tcp("[fd00:96::110]:80"), ALL);
+    proxy.expect_endpoints(&topo, &topo.ext, tcp("192.168.50.1:30111"), LOCAL);
+    proxy.expect_endpoints(&topo, &topo.ext, tcp("198.51.100.112:80"), ALL);
+    let denied = Request::new(TCP, "198.51.100.112:80", 1).timeout(SHORT);
+    proxy.expect_no_answer(&topo, &topo.ext_other, denied, Verdict::Drop);
+    proxy.expect_endpoints(&topo, &topo.ext_other, tcp("192.168.50.1:30112"), ALL);
+    proxy.expect_sticky(&topo, client, Request::new(TCP, "10.96.0.113:80", 16));
+    // Hairpin: masqueraded by the common table on ep1's own branch only.
+    let decision = proxy.expect_endpoints(&topo, topo.pod("ep1"), tcp("10.96.0.114:80"), LOCAL);
+    let Verdict::Dnat(endpoints) = &decision.verdict else {
+        panic!("{decision:?}");
+    };
+    assert!(endpoints.iter().any(|e| e.masquerade) && endpoints.iter().any(|e| !e.masquerade));
+    // Refused in the common table: no endpoints, an undefined port; another shard's ClusterIP
+    // does not make an unallocated address of the service CIDR any less dropped.
+    for refused in ["10.96.0.115:80", "10.96.0.110:81"] {
+        proxy.expect_no_answer(
+            &topo,
+            client,
+            Request::new(TCP, refused, 1),
+            Verdict::Reject,
+        );
+    }
+    let unallocated = Request::new(TCP, "10.96.0.99:80", 1).timeout(SHORT);
+    proxy.expect_no_answer(&topo, client, unallocated, Verdict::Drop);
+    // An incremental change of one service (`update` verifies every table).
+    let report = proxy.update(&[topo.slice("web", V4, LOCAL)]);
+    assert_eq!(report.service_ports, 1, "{report:?}");
+    proxy.expect_endpoints(&topo, client, tcp("10.96.0.110:80"), LOCAL);
+}
+
 /// Removing the endpoint of a live UDP flow (applied incrementally) deletes its conntrack
 /// entry: the flow's next datagram, from the same source port, reaches a remaining endpoint
 /// although the removed one still answers.

@@ -14,7 +14,7 @@ use svcroute_core::{Dataplane, DataplaneError, Desired, State};
 use svcroute_core::conntrack::ConntrackFlows;
 use svcroute_nft::trace::trace;
 use svcroute_nft::transaction::Transaction;
-use svcroute_nft::{Kernel, KernelError, NftDataplane, SystemKernel, Table};
+use svcroute_nft::{Kernel, KernelError, NftDataplane, Options, SystemKernel, Table};
 use svcroute_testbed::{LiveProxy, Topology, node_config};
 
 use super::netns::NftNode;
@@ -63,6 +63,11 @@ impl Proxy {
     /// (`sync_full`), as a proxy does when it starts; checks that the kernel holds what it
     /// programmed.
     pub fn start(topo: &Topology, objects: &[WatchEvent]) -> Proxy {
+        Proxy::start_with(topo, objects, Options::default())
+    }
+
+    /// [`Proxy::start`] with a dataplane of these options.
+    pub fn start_with(topo: &Topology, objects: &[WatchEvent], options: Options) -> Proxy {
         let mut state = State::new(node_config()).expect("valid settings");
         for object in objects {
             state
@@ -80,7 +85,7 @@ impl Proxy {
         };
         let mut proxy = Proxy {
             state,
-            dataplane: NftDataplane::new(Box::new(kernel)),
+            dataplane: NftDataplane::with_options(Box::new(kernel), options),
             runtime,
             last_transaction,
         };
