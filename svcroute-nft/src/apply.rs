@@ -24,9 +24,8 @@ use svcroute_core::{ChangeSet, Dataplane, DataplaneError, Decision, Desired, Tra
 
 use crate::kernel::{Kernel, KernelError};
 use crate::names;
-use crate::render;
 use crate::ruleset::Table;
-use crate::shards::{self, FamilyPlan, FamilyTables, PartChanges};
+use crate::shards::{self, FamilyPlan, FamilyTables};
 use crate::trace;
 use crate::transaction::{Command, TableId, Transaction};
 
@@ -138,21 +137,10 @@ impl Plan {
         desired: &Desired,
         changes: &ChangeSet,
     ) -> Self {
-        let config = desired.config();
         let mut transaction = Transaction::new();
         let mut planned = Vec::new();
         for (family, state) in states {
-            let family_changes: PartChanges = changes
-                .changes()
-                .iter()
-                .map(|c| {
-                    let parts = c
-                        .current
-                        .as_ref()
-                        .and_then(|p| render::port_objects(config, p, *family));
-                    (c.name.clone(), parts)
-                })
-                .collect();
+            let family_changes = shards::part_changes(desired.config(), changes, *family);
             let plan = state.plan(family_changes, &mut transaction);
             planned.push((*family, plan));
         }

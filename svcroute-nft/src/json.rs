@@ -42,11 +42,7 @@ pub enum JsonError {
 /// table object. Fails on anything the model cannot represent exactly; the elements of
 /// dynamic (timeout) sets are left out, being state the data path adds.
 pub fn parse_table(json: &str, family: IpFamily) -> Result<Option<Table>, JsonError> {
-    let doc: Json = serde_json::from_str(json)?;
-    let items = doc
-        .get("nftables")
-        .and_then(Json::as_array)
-        .ok_or_else(|| unsupported("the document", "no top-level `nftables` list".into()))?;
+    let items = nftables_items(json)?;
     let mut reader = Reader {
         family,
         name: String::new(),
@@ -60,11 +56,7 @@ pub fn parse_table(json: &str, family: IpFamily) -> Result<Option<Table>, JsonEr
 
 /// The names of the tables of `family` in the output of `nft -j list tables FAMILY`.
 pub fn parse_table_names(json: &str, family: IpFamily) -> Result<Vec<String>, JsonError> {
-    let doc: Json = serde_json::from_str(json)?;
-    let items = doc
-        .get("nftables")
-        .and_then(Json::as_array)
-        .ok_or_else(|| unsupported("the document", "no top-level `nftables` list".into()))?;
+    let items = nftables_items(json)?;
     let mut names = Vec::new();
     for item in items {
         let Some(table) = item.get("table") else {
@@ -79,6 +71,20 @@ pub fn parse_table_names(json: &str, family: IpFamily) -> Result<Vec<String>, Js
         }
     }
     Ok(names)
+}
+
+/// The top-level `nftables` list of nft's JSON output.
+fn nftables_items(json: &str) -> Result<Vec<Json>, JsonError> {
+    let doc: Json = serde_json::from_str(json)?;
+    if let Json::Object(mut top) = doc
+        && let Some(Json::Array(items)) = top.remove("nftables")
+    {
+        return Ok(items);
+    }
+    Err(unsupported(
+        "the document",
+        "no top-level `nftables` list".into(),
+    ))
 }
 
 fn unsupported(at: impl Into<String>, what: String) -> JsonError {

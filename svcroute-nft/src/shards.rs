@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use svcroute_core::model::{IpFamily, ServiceName};
+use svcroute_core::model::{IpFamily, ProxyConfig, ServiceName};
 use svcroute_core::select::{ResolvedServicePort, ServicePortName};
 use svcroute_core::{ChangeSet, Desired};
 
@@ -62,6 +62,14 @@ pub fn shard_of(service: &ServiceName, count: usize) -> usize {
 
 /// Changed service ports and their new parts in one family (`None`: gone from it).
 pub type PartChanges = Vec<(ServicePortName, Option<PortParts>)>;
+
+/// The changed ports of `changes` rendered in `family` under `config`.
+pub fn part_changes(config: &ProxyConfig, changes: &ChangeSet, family: IpFamily) -> PartChanges {
+    let render = |p: &Arc<ResolvedServicePort>| render::port_objects(config, p, family);
+    (changes.changes().iter())
+        .map(|c| (c.name.clone(), c.current.as_ref().and_then(render)))
+        .collect()
+}
 
 /// One family's tables as programmed.
 #[derive(Debug, Clone)]
@@ -319,16 +327,7 @@ mod tests {
         let mut tables = FamilyTables::build(state.desired(), V4, "t", 3);
         state.apply(slice("web5", &[1, 2, 3])).unwrap();
         let changes = state.take_changes();
-        let config = state.desired().config();
-        let parts: PartChanges = (changes.changes().iter())
-            .map(|c| {
-                let parts = c
-                    .current
-                    .as_ref()
-                    .and_then(|p| render::port_objects(config, p, V4));
-                (c.name.clone(), parts)
-            })
-            .collect();
+        let parts = part_changes(state.desired().config(), &changes, V4);
         let mut tx = Transaction::new();
         let plan = tables.plan(parts, &mut tx);
         let written: BTreeSet<&str> = tx.commands.iter().map(|(t, _)| &*t.name).collect();

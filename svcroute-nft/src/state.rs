@@ -744,9 +744,8 @@ mod tests {
     use crate::apply::full_transaction;
     use crate::kernel::{FakeKernel, Kernel};
     use crate::names::{PortNames, TABLE, endpoint_map};
-    use crate::render;
     use crate::ruleset::{ElemValue, Value, Verdict};
-    use crate::shards::{FamilyTables, PORTS_PER_SHARD, PartChanges};
+    use crate::shards::{FamilyTables, PORTS_PER_SHARD, part_changes};
     use svcroute_core::model::IpFamily;
 
     const V4: IpFamily = IpFamily::IPv4;
@@ -821,18 +820,7 @@ mod tests {
         fn update(&mut self, endpoints: &[u8]) -> Transaction {
             self.core.apply(slice(endpoints)).unwrap();
             let changes = self.core.take_changes();
-            let config = self.core.desired().config();
-            let port_changes: PartChanges = changes
-                .changes()
-                .iter()
-                .map(|c| {
-                    let parts = c
-                        .current
-                        .as_ref()
-                        .and_then(|p| render::port_objects(config, p, V4));
-                    (c.name.clone(), parts)
-                })
-                .collect();
+            let port_changes = part_changes(self.core.desired().config(), &changes, V4);
             let mut tx = Transaction::new();
             let plan = self.family.plan(port_changes, &mut tx);
             if let Err(e) = self.kernel.run(&tx) {
