@@ -40,9 +40,10 @@
 //!                                      not a pod); dnat ip addr . port to numgen random mod N
 //!                                      map @svc-H-ep (slot -> endpoint ip . port)
 //!   with ClientIP affinity             saddr . numgen random mod 1 offset ID_E @aff-H
-//!                                      goto sep-E (per endpoint); numgen random mod N vmap
-//!                                      @svc-H-ep (slot -> goto sep-E); sep-E: update @aff-H
-//!                                      { saddr . numgen random mod 1 offset ID_E }, dnat to E
+//!                                      jump sep-E (per endpoint); goto svc-H-pick: numgen
+//!                                      random mod N vmap @svc-H-ep (slot -> goto sep-E);
+//!                                      sep-E: update @aff-H { saddr . numgen random mod 1
+//!                                      offset ID_E }, dnat to E
 //! ```
 //!
 //! The shards' nat chains run one after the other at the same hook; each knows only its own
@@ -70,7 +71,11 @@
 //! port's chains only when their rules changed (flush and refill: they hold a few rules),
 //! changes maps and sets element by element, deletes chains and sets that disappeared after
 //! everything pointing at them is gone, and never rewrites a shared chain: taking one endpoint
-//! out is a few element lines whatever the number of services. Endpoints keep their slot in
+//! out is a few element lines whatever the number of services. An endpoint that leaves a
+//! ClientIP-affinity port leaves its lookup rule behind for a while, its `sep-E` chain emptied
+//! (a `jump` to an empty chain returns), so that it too rewrites a few lines rather than one
+//! rule per endpoint; the lookups are written anew when a new endpoint joins or when such
+//! tombstones would outnumber the live endpoints. Endpoints keep their slot in
 //! their port's endpoint map across incremental syncs ([`slots`]), so that taking one out of
 //! fifty rewrites three elements of the map rather than refilling it.
 //!

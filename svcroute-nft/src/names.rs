@@ -180,6 +180,12 @@ fn port_text(name: &ServicePortName) -> String {
     text
 }
 
+/// The chain that picks an endpoint at random for an endpoint chain of a service with
+/// ClientIP affinity (`svc-H` → `svc-H-pick`).
+pub fn pick_chain(chain: &str) -> String {
+    [chain, "-pick"].concat()
+}
+
 /// The endpoint map of an endpoint chain (`svc-H` → `svc-H-ep`).
 pub fn endpoint_map(chain: &str) -> String {
     [chain, "-ep"].concat()

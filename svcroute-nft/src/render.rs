@@ -757,16 +757,22 @@ impl PortRenderer<'_> {
                 .iter()
                 .map(|e| self.names.sep(&self.port.name, e))
                 .collect();
+            // `jump`: an endpoint that left keeps its lookup rule for a while, its chain
+            // emptied, and an empty chain returns here (see `TableState::keep_tombstones`).
             for (sep, e) in seps.iter().zip(endpoints) {
                 rules.push(rule(vec![
                     in_set(affinity_key(ids[e]), &self.names.aff()),
-                    goto(sep),
+                    jump(sep),
                 ]));
             }
-            rules.push(rule(vec![Stmt::Vmap {
+            // The random pick in a chain of its own: a new endpoint count rewrites one rule.
+            let pick = names::pick_chain(&chain);
+            rules.push(rule(vec![goto(&pick)]));
+            let pick_rules = vec![rule(vec![Stmt::Vmap {
                 key: Expr::numgen(n),
                 map: map.clone(),
-            }]));
+            }])];
+            self.chain(pick, [&comment, " pick"].concat(), pick_rules);
             let targets = seps
                 .into_iter()
                 .map(|sep| ElemValue::Verdict(Verdict::Goto(sep)));
@@ -919,6 +925,22 @@ pub fn chain_affinity_id(chain: &Chain) -> Option<u32> {
             Stmt::Update { key, .. } => key_affinity_id(key),
             _ => None,
         })
+}
+
+/// The endpoint chain and affinity ID a rule of an endpoint chain jumps to when the client is
+/// in the port's affinity set under that ID (`saddr . ID @aff-H jump sep-E`), if it is one.
+pub fn affinity_lookup(rule: &Rule) -> Option<(&str, u32)> {
+    match rule.stmts.as_slice() {
+        [
+            Stmt::Match {
+                left,
+                negate: false,
+                right: Operand::Set(_),
+            },
+            Stmt::Verdict(Verdict::Jump(target)),
+        ] => key_affinity_id(left).map(|id| (target.as_str(), id)),
+        _ => None,
+    }
 }
 
 fn key_affinity_id(key: &Expr) -> Option<u32> {

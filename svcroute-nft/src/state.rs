@@ -428,6 +428,7 @@ impl TableState {
     pub fn plan(&self, changes: &mut PortChanges, tx: &mut Transaction) {
         for objects in changes.iter_mut().filter_map(|(_, new)| new.as_mut()) {
             self.keep_slots(objects);
+            self.keep_tombstones(objects);
             self.keep_affinity_ids(objects);
         }
         let mut phases = Phases::default();
@@ -472,6 +473,61 @@ impl TableState {
         }
     }
 
+    /// Keeps the lookup rules of endpoints that left a ClientIP-affinity endpoint chain, their
+    /// `sep-E` chains emptied ("tombstones": a `jump` to an empty chain returns), so that an
+    /// endpoint going out or coming back rewrites its own chain and the pick chain, not one
+    /// rule per endpoint. The chain is written anew (the tombstones go) when an endpoint joins
+    /// that has no lookup rule yet, when tombstones would outnumber live endpoints, or when
+    /// anything else in it changed.
+    fn keep_tombstones(&self, objects: &mut PortObjects) {
+        let owned: BTreeSet<String> = objects.chains.iter().map(|(n, _)| n.clone()).collect();
+        let mut tombstones: Vec<(String, Chain)> = Vec::new();
+        for (name, chain) in &mut objects.chains {
+            let Some(programmed) = self.table.chains.get(name) else {
+                continue;
+            };
+            let live: BTreeSet<&str> = chain
+                .rules
+                .iter()
+                .filter_map(|r| render::affinity_lookup(r).map(|(t, _)| t))
+                .collect();
+            let kept: BTreeSet<&str> = programmed
+                .rules
+                .iter()
+                .filter_map(|r| render::affinity_lookup(r).map(|(t, _)| t))
+                .collect();
+            let others = |c: &Chain| -> Vec<Rule> {
+                let rules = c.rules.iter();
+                rules
+                    .filter(|r| render::affinity_lookup(r).is_none())
+                    .cloned()
+                    .collect()
+            };
+            let departed: Vec<&str> = kept.difference(&live).copied().collect();
+            let keep = !departed.is_empty()
+                && live.is_subset(&kept)
+                && departed.len() <= live.len()
+                && departed.iter().all(|d| !owned.contains(*d))
+                && others(chain) == others(programmed);
+            if !keep {
+                continue;
+            }
+            for dead in departed {
+                let comment = self.table.chains.get(dead).and_then(|c| c.comment.clone());
+                if !tombstones.iter().any(|(n, _)| n == dead) {
+                    let empty = Chain {
+                        hook: None,
+                        comment,
+                        rules: Vec::new(),
+                    };
+                    tombstones.push((dead.to_string(), empty));
+                }
+            }
+            chain.rules = programmed.rules.clone();
+        }
+        objects.chains.extend(tombstones);
+    }
+
     /// Gives the endpoint chains of `objects` that are programmed already the affinity IDs
     /// they have (their clients' entries keep matching); new ones take their rendered ID, or
     /// the next free one. Only a collision of hashed IDs within a port makes them differ.
@@ -481,12 +537,20 @@ impl TableState {
             .iter()
             .filter_map(|(name, chain)| render::chain_affinity_id(chain).map(|id| (name, id)))
             .collect();
+        // What the programmed chains of the port record, or look up (a tombstone revived).
+        let mut known: BTreeMap<&str, u32> = BTreeMap::new();
+        for (name, _) in &objects.chains {
+            let Some(old) = self.table.chains.get(name) else {
+                continue;
+            };
+            known.extend(old.rules.iter().filter_map(render::affinity_lookup));
+            if let Some(id) = render::chain_affinity_id(old) {
+                known.insert(name, id);
+            }
+        }
         let programmed: BTreeMap<&String, u32> = rendered
             .iter()
-            .filter_map(|(name, _)| {
-                let old = self.table.chains.get(*name)?;
-                render::chain_affinity_id(old).map(|id| (*name, id))
-            })
+            .filter_map(|(name, _)| known.get(name.as_str()).map(|id| (*name, *id)))
             .collect();
         if rendered
             .iter()
@@ -594,7 +658,10 @@ impl TableState {
                     if previous.rules != chain.rules
                         || redeclared.iter().any(|set| uses_set(previous, set)) =>
                 {
-                    phases.flush_chains.push(Command::FlushChain(name.clone()));
+                    // An empty chain (an affinity tombstone coming back) needs no flush.
+                    if !previous.rules.is_empty() {
+                        phases.flush_chains.push(Command::FlushChain(name.clone()));
+                    }
                     add_rules(&mut phases.add_rules, name, chain);
                 }
                 Some(_) => {}
@@ -999,6 +1066,66 @@ mod tests {
         let fifty: Vec<u8> = (1..=50).collect();
         let mut node = Node::start(false, &fifty);
         node.update(endpoints).text()
+    }
+
+    /// The chains of `node`'s IPv4 tables, by name.
+    fn chains(node: &Node) -> BTreeMap<String, Chain> {
+        let tables = node.family.tables();
+        tables.flat_map(|(_, t)| t.chains.clone()).collect()
+    }
+
+    /// The endpoint chains `svc-H`'s affinity lookups jump to, in order.
+    fn lookups(node: &Node) -> Vec<String> {
+        let svc =
+            PortNames::new(&node.port).endpoints(svcroute_core::model::TrafficPolicy::Cluster);
+        let chains = chains(node);
+        let rules = chains
+            .get(&svc)
+            .map(|c| c.rules.clone())
+            .unwrap_or_default();
+        rules
+            .iter()
+            .filter_map(|r| render::affinity_lookup(r).map(|(t, _)| t.to_string()))
+            .collect()
+    }
+
+    fn sep(node: &Node, i: u8) -> String {
+        PortNames::new(&node.port).sep(&node.port, &address(i))
+    }
+
+    #[test]
+    fn an_affinity_endpoint_that_leaves_keeps_its_lookup_until_tombstones_outnumber_the_rest() {
+        let fifty: Vec<u8> = (1..=50).collect();
+        let mut node = Node::start(true, &fifty);
+        let all = lookups(&node);
+        assert_eq!(all.len(), 50);
+        // One out: its chain is emptied, the lookups stay; under a kilobyte.
+        let without_25: Vec<u8> = (1..=50).filter(|i| *i != 25).collect();
+        let out = node.update(&without_25).text();
+        assert!(out.len() <= 1024, "{} bytes\n{out}", out.len());
+        assert_eq!(lookups(&node), all);
+        assert!(chains(&node)[&sep(&node, 25)].rules.is_empty());
+        // Back: its chain is refilled, nothing else rewritten.
+        let back = node.update(&fifty).text();
+        assert!(back.len() <= 1024, "{} bytes\n{back}", back.len());
+        eprintln!(
+            "affinity, one endpoint of 50: out {} bytes, back {} bytes\n{out}{back}",
+            out.len(),
+            back.len()
+        );
+        assert_eq!(lookups(&node), all);
+        assert_eq!(chains(&node)[&sep(&node, 25)].rules.len(), 2);
+        // A new endpoint: the chain is written anew, tombstones gone.
+        let mut more = without_25.clone();
+        more.push(51);
+        node.update(&more);
+        assert_eq!(lookups(&node).len(), 50);
+        assert!(!chains(&node).contains_key(&sep(&node, 25)));
+        // Half of them out at once: more tombstones than live endpoints, a fresh chain.
+        let few: Vec<u8> = (1..=20).collect();
+        node.update(&few);
+        assert_eq!(lookups(&node).len(), 20);
+        assert!(chains(&node).values().all(|c| !c.rules.is_empty()));
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! scenario's flows traced through the programmed ruleset, and the four backend properties.
 
 use async_trait::async_trait;
+use std::collections::BTreeSet;
 use svcroute_conformance::Backend;
 use svcroute_core::dataplane::{ApplyReport, Capabilities};
 use svcroute_core::decide::Packet;
 use svcroute_core::model::{IpFamily, ProxyConfig};
 use svcroute_core::{ChangeSet, Dataplane, DataplaneError, Decision, Desired, TraceError};
-use svcroute_nft::ruleset::Element;
+
+use svcroute_nft::ruleset::{ElemValue, Element, Stmt, Verdict as NftVerdict};
 use svcroute_nft::{FakeKernel, NftDataplane, Options, Table, names, slots};
 
 /// The dataplane together with a handle on its fake kernel.
@@ -64,6 +66,39 @@ fn canonical_slots(mut table: Table) -> Table {
     table
 }
 
+/// `table` without affinity tombstones: an endpoint that left a ClientIP-affinity port keeps
+/// its lookup rule for a while, jumping to its emptied chain (which returns at once) instead
+/// of the port's chain being rewritten; a full sync writes neither. A rule whose verdict jumps
+/// to an empty regular chain does nothing, and an empty chain nothing refers to is never run:
+/// both go.
+fn without_tombstones(mut table: Table) -> Table {
+    let empty: BTreeSet<String> = (table.chains.iter())
+        .filter(|(_, c)| c.hook.is_none() && c.rules.is_empty())
+        .map(|(n, _)| n.clone())
+        .collect();
+    for chain in table.chains.values_mut() {
+        chain.rules.retain(|rule| {
+            !rule
+                .stmts
+                .iter()
+                .any(|s| matches!(s, Stmt::Verdict(NftVerdict::Jump(to)) if empty.contains(to)))
+        });
+    }
+    let referenced: BTreeSet<String> = (table.chains.values())
+        .flat_map(|c| c.rules.iter().flat_map(|r| r.chains().map(str::to_string)))
+        .chain(table.sets.values().flat_map(|s| {
+            s.elements.values().filter_map(|e| match &e.value {
+                Some(ElemValue::Verdict(v)) => v.target().map(str::to_string),
+                _ => None,
+            })
+        }))
+        .collect();
+    table
+        .chains
+        .retain(|name, _| !empty.contains(name) || referenced.contains(name));
+    table
+}
+
 /// Every chain, set and element of `a` and `b` (our tables: the fixed chains and sets they
 /// share are the same in each, the rest is in one).
 fn union(mut a: Table, b: Table) -> Table {
@@ -115,7 +150,7 @@ impl<const PORTS_PER_SHARD: usize> Backend for NftBackend<PORTS_PER_SHARD> {
                 .filter(|(name, _)| names::is_ours(names::TABLE, name))
                 .map(|(_, table)| table);
             let all = common.into_iter().chain(shards).reduce(union);
-            let all = all.map(canonical_slots);
+            let all = all.map(without_tombstones).map(canonical_slots);
             out.push_str(&format!("# {family:?}\n{all:#?}\n"));
         }
         out

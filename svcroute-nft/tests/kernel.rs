@@ -309,6 +309,15 @@ fn session_affinity_client_ip() {
             proxy.expect_sticky(&topo, client, Request::new(TCP, dst, 24));
         }
     }
+    // An endpoint leaves (an incremental sync empties its chain and keeps its lookup): the
+    // clients still stick, to the endpoints that remain, and it comes back.
+    let mut proxy = proxy;
+    for endpoints in [LOCAL, ALL] {
+        proxy.update(&[topo.slice("sticky", V4, endpoints)]);
+        for client in [topo.pod("client"), topo.pod("ep3"), &topo.node] {
+            proxy.expect_sticky(&topo, client, Request::new(TCP, "10.96.0.90:80", 12));
+        }
+    }
 }
 
 /// No endpoints, or a port the Service lacks: refused at once; an unallocated service IP:
