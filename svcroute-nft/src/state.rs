@@ -537,6 +537,9 @@ impl TableState {
             .iter()
             .filter_map(|(name, chain)| render::chain_affinity_id(chain).map(|id| (name, id)))
             .collect();
+        if rendered.is_empty() {
+            return;
+        }
         // What the programmed chains of the port record, or look up (a tombstone revived).
         let mut known: BTreeMap<&str, u32> = BTreeMap::new();
         for (name, _) in &objects.chains {

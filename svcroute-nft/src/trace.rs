@@ -306,10 +306,10 @@ impl<'a> Walk<'a> {
     }
 
     /// The base chains of `hook` in every table, in priority order (ties: in table order,
-    /// then by name), with their index in `tables`.
-    fn base_chains(&self, hook: Hook) -> Vec<(usize, Base<'a>, &'a Chain)> {
-        let mut chains: Vec<(usize, Base<'a>, &'a Chain)> = Vec::new();
-        for (index, table) in self.tables.iter().copied().enumerate() {
+    /// then by name: the order they are gathered in, kept by the stable sort).
+    fn base_chains(&self, hook: Hook) -> Vec<(Base<'a>, &'a Chain)> {
+        let mut chains: Vec<(Base<'a>, &'a Chain)> = Vec::new();
+        for table in self.tables.iter().copied() {
             for (name, chain) in &table.chains {
                 if let Some(h) = chain.hook.filter(|h| h.hook == hook) {
                     let base = Base {
@@ -317,11 +317,11 @@ impl<'a> Walk<'a> {
                         name,
                         hook: h,
                     };
-                    chains.push((index, base, chain));
+                    chains.push((base, chain));
                 }
             }
         }
-        chains.sort_by_key(|(index, base, _)| (base.hook.priority, *index, base.name));
+        chains.sort_by_key(|(base, _)| base.hook.priority);
         chains
     }
 
@@ -343,7 +343,7 @@ impl<'a> Walk<'a> {
         outcomes: &mut Vec<TracedPath>,
     ) -> Result<Vec<Branch>, TraceError> {
         let mut live = branches;
-        for (_, base, chain) in self.base_chains(hook) {
+        for (base, chain) in self.base_chains(hook) {
             let (name, base_hook) = (base.name, base.hook);
             let mut next = Vec::with_capacity(live.len());
             for branch in live {
